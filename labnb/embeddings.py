@@ -7,7 +7,7 @@ __all__ = ['POOLINGS', 'ENCODERS', 'pool', 'length_order', 'n_hidden_states', 'r
            'tokenizer_id', 'embedding_manifest', 'embedding_entry', 'load_embeddings', 'precompute_embeddings',
            'EncoderSpec', 'encoder_spec', 'load_encoder', 'embed_texts', 'tiny_encoder']
 
-# %% ../nbs/10_embeddings.ipynb #10436322
+# %% ../nbs/10_embeddings.ipynb #2c64e55b
 import hashlib, json, re, shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ import torch
 from .core import logger, paths
 from .store import ArrayCache, CacheMismatch, ChunkedArray
 
-# %% ../nbs/10_embeddings.ipynb #3bae4424
+# %% ../nbs/10_embeddings.ipynb #c16ac153
 def _mean_pool(h, mask):  # h: [batch, seq, d], mask: [batch, seq]
     m = mask.to(h.dtype).unsqueeze(-1)
     return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
@@ -39,7 +39,7 @@ def pool(h, mask, pooling: str = "mean"):  # h: [batch, seq, d], mask: [batch, s
     if pooling not in POOLINGS: raise ValueError(f"pooling: unknown {pooling!r} (known: {', '.join(POOLINGS)})")
     return POOLINGS[pooling](h, mask)
 
-# %% ../nbs/10_embeddings.ipynb #2f4a0ac1
+# %% ../nbs/10_embeddings.ipynb #e52f62a3
 def _tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
     enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False,
                     return_attention_mask=False, return_token_type_ids=False)
@@ -59,7 +59,7 @@ def length_order(lengths) -> np.ndarray:
     "Indices sorting items longest first (stable, so reruns batch identically)."
     return np.argsort(-np.asarray(lengths), kind="stable")
 
-# %% ../nbs/10_embeddings.ipynb #b420424a
+# %% ../nbs/10_embeddings.ipynb #4d5cab99
 def _backbone(model):
     "The model without its task head (a causal LM's base transformer), when it has one."
     base = getattr(model, "base_model", None)
@@ -82,21 +82,48 @@ def resolve_layers(layers: Sequence[int], n_states: int) -> list[int]:
         out.append(int(l) % n_states)
     return out
 
+class _StopForward(Exception): "Raised by a hook once the deepest requested block has run."
+
+def _blocks(model):
+    "The model's list of blocks, or None when its architecture is not registered in `labnb.models`."
+    from labnb.models import model_spec
+    try: return model_spec(model).blocks(model)
+    except (KeyError, AttributeError): return None
+
+def _early_exit_states(model, input_ids, attention_mask, layers) -> dict|None:
+    "Hidden states of `layers` read from block outputs, stopping after the deepest one (None if not applicable)."
+    blocks = _blocks(model) if 0 not in layers else None
+    if blocks is None or max(layers) >= len(blocks): return None
+    states, deepest = {}, max(layers)
+    def hook(l):
+        def fn(mod, args, out):
+            states[l] = out[0] if isinstance(out, tuple) else out
+            if l == deepest: raise _StopForward
+        return fn
+    handles = [blocks[l - 1].register_forward_hook(hook(l)) for l in layers]
+    try: _backbone(model)(input_ids=input_ids, attention_mask=attention_mask)
+    except _StopForward: pass
+    finally:
+        for h in handles: h.remove()
+    return states
+
 @torch.inference_mode()
 def encode_batch(model, input_ids, attention_mask, layers: Sequence[int], pooling: str = "mean",
                  normalize: bool = False) -> dict[int, np.ndarray]:  # input_ids, attention_mask: [batch, seq]
     "Pool every layer in `layers` (resolved indices) from one forward pass -> {layer: [batch, d] float32}."
     dev = next(model.parameters()).device
-    out = _backbone(model)(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev), output_hidden_states=True)
-    mask = attention_mask.to(dev)
+    input_ids, mask = input_ids.to(dev), attention_mask.to(dev)
+    states = _early_exit_states(model, input_ids, mask, layers)
+    if states is None:
+        states = _backbone(model)(input_ids=input_ids, attention_mask=mask, output_hidden_states=True).hidden_states
     res = {}
     for l in layers:
-        v = pool(out.hidden_states[l], mask, pooling).float()
+        v = pool(states[l], mask, pooling).float()
         if normalize: v = torch.nn.functional.normalize(v, dim=-1)
         res[l] = v.cpu().numpy()
     return res
 
-# %% ../nbs/10_embeddings.ipynb #186d4a7b
+# %% ../nbs/10_embeddings.ipynb #75502743
 def texts_sha256(texts: Sequence[str]) -> str:
     "Hash of a list of texts (order matters)."
     h = hashlib.sha256()
@@ -132,7 +159,7 @@ def load_embeddings(name: str, cache: ArrayCache|None = None, mmap: bool = True,
     cache = cache or ArrayCache()
     return cache.load(name, expected or None, mmap=mmap)["emb"]
 
-# %% ../nbs/10_embeddings.ipynb #36682cc5
+# %% ../nbs/10_embeddings.ipynb #c0f9cd2f
 def _pad_side(tokenizer) -> str: return getattr(tokenizer, "padding_side", "right") or "right"
 
 def _pad_id(tokenizer) -> int:
@@ -149,7 +176,7 @@ def _encode_rows(model, tokenizer, ids, order, layers, pooling, normalize, batch
         for l, v in encode_batch(model, inp, mask, layers, pooling, normalize).items(): parts[l].append(v)
     return {l: np.concatenate(p) for l, p in parts.items()}
 
-# %% ../nbs/10_embeddings.ipynb #f2882180
+# %% ../nbs/10_embeddings.ipynb #d1ad9d62
 def precompute_embeddings(model, tokenizer, texts: Sequence[str], *, layers: Sequence[int] = (-1,),
                           pooling: Literal["mean", "cls", "last"] = "mean", normalize: bool = False,
                           batch_size: int = 32, max_length: int = 256, model_id: str, revision: str = "main",
@@ -196,7 +223,7 @@ def precompute_embeddings(model, tokenizer, texts: Sequence[str], *, layers: Seq
         if cache is not None: shutil.rmtree(cache.entry(job), ignore_errors=True)
     return {req: got[l] for req, l in zip(layers, resolved)}
 
-# %% ../nbs/10_embeddings.ipynb #d4745714
+# %% ../nbs/10_embeddings.ipynb #ca222f5c
 @dataclass(frozen=True)
 class EncoderSpec:
     "A named encoder: the id and revision recorded in manifests, its default pooling, and a local loader."
@@ -223,7 +250,7 @@ def load_encoder(name: str):
     model, tok = load_model(spec.models_name, device="cpu")
     return model.eval(), tok, spec
 
-# %% ../nbs/10_embeddings.ipynb #7c613e3c
+# %% ../nbs/10_embeddings.ipynb #1c0004a9
 def _cached_layers(spec, texts_sha, layers, pooling, normalize, max_length, dataset, text_field, cache):
     "{requested layer: array} if every layer is cached for this encoder (negative layers need the model: None)."
     out = {}
@@ -251,7 +278,7 @@ def embed_texts(encoder: str, texts: Sequence[str], *, layers: Sequence[int] = (
                                  batch_size=batch_size, max_length=max_length, model_id=spec.model_id,
                                  revision=spec.revision, dataset=dataset, text_field=text_field, cache=cache, progress=progress)
 
-# %% ../nbs/10_embeddings.ipynb #3b8e9ad2
+# %% ../nbs/10_embeddings.ipynb #bc988e54
 def tiny_encoder(seed: int = 0, n_layers: int = 2, d: int = 32):
     "A random tiny BERT and a character-level tokenizer (tests and examples)."
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
