@@ -7,7 +7,7 @@ __all__ = ['FAILURE_RULES', 'SHAPES', 'KNOWN_FINISH', 'SCORE_COLUMNS', 'RESPONSE
            'exact_match', 'token_f1', 'contains_match', 'FailureRule', 'register_failure', 'answer_shape',
            'score_response', 'score_frame', 'score_store']
 
-# %% ../nbs/36_kv_score.ipynb #961ad6d4
+# %% ../nbs/36_kv_score.ipynb #ba2f0bde
 import collections, json, re, string, time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -17,7 +17,7 @@ import pandas as pd
 
 from .core import logger
 
-# %% ../nbs/36_kv_score.ipynb #9463b903
+# %% ../nbs/36_kv_score.ipynb #604c66b6
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -27,7 +27,7 @@ def normalize_answer(s: str|None) -> str:
     s = "".join(ch for ch in str(s).lower() if ch not in _PUNCT)
     return " ".join(_ARTICLES.sub(" ", s).split())
 
-# %% ../nbs/36_kv_score.ipynb #26ac0e75
+# %% ../nbs/36_kv_score.ipynb #a379a31b
 def _golds(golds) -> list[str]:
     if golds is None: return []
     if isinstance(golds, str):
@@ -58,7 +58,7 @@ def contains_match(pred: str|None, golds) -> float:
     p = f" {normalize_answer(pred)} "
     return float(any((n := normalize_answer(g)) and f" {n} " in p for g in _golds(golds)))
 
-# %% ../nbs/36_kv_score.ipynb #bf03c454
+# %% ../nbs/36_kv_score.ipynb #65408580
 @dataclass(frozen=True)
 class FailureRule:
     "A named failure class: `test(row) -> bool` on one scored response row (a dict)."
@@ -81,7 +81,7 @@ def register_failure(name: str, doc: str, test: Callable[[dict], bool], needs_no
     FAILURE_RULES.clear(); FAILURE_RULES.update(items)
     return rule
 
-# %% ../nbs/36_kv_score.ipynb #17448dc3
+# %% ../nbs/36_kv_score.ipynb #0ca69387
 def _err(row) -> str:
     return " ".join(str(row.get(k) or "") for k in ("error_type", "error")).strip()
 
@@ -93,7 +93,7 @@ _REFUSAL_RE = re.compile(r"^\W*(i\s*(cannot|can't|can not|am unable|'m unable|am
                          r"(the )?(answer|information|value|key) (is )?not (provided|given|found|available|mentioned)|"
                          r"there is no (information|mention|answer|value))", re.I)
 SHAPES = {"uuid": re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b", re.I),
-          "integer": re.compile(r"(?<![\w.])-?\d+(?![\w.])")}
+          "integer": re.compile(r"(?<![\w.])-?\d+(?!\w|\.\d)")}
 KNOWN_FINISH = {"stop", "length", "eos", "", None}
 
 def answer_shape(golds) -> str|None:
@@ -116,7 +116,7 @@ def _format_error(row) -> bool:
     shape = answer_shape(row.get("answers"))
     return (shape is not None and not SHAPES[shape].search(text)) or _degenerate(text)
 
-# %% ../nbs/36_kv_score.ipynb #f03cb3b9
+# %% ../nbs/36_kv_score.ipynb #e8f5f8d7
 def _register_defaults():
     FAILURE_RULES.clear()
     register_failure("TIMEOUT", "an error was recorded and its type or message says timeout",
@@ -136,7 +136,7 @@ def _register_defaults():
 _register_defaults()
 list(FAILURE_RULES)
 
-# %% ../nbs/36_kv_score.ipynb #a33373a7
+# %% ../nbs/36_kv_score.ipynb #8717e643
 def _clean(v):
     "NaN / NA from pandas become None."
     if v is None: return None
@@ -162,7 +162,7 @@ def score_response(text: str|None, answers, finish_reason: str|None = None, erro
     outcome = "failure" if failure else "correct" if credit else "wrong"
     return {**m, "outcome": outcome, "failure_class": failure}
 
-# %% ../nbs/36_kv_score.ipynb #c658bea6
+# %% ../nbs/36_kv_score.ipynb #4bd2dbc0
 SCORE_COLUMNS = ("em", "f1", "contains", "outcome", "failure_class")
 RESPONSE_COLUMNS = ("text", "answers", "finish_reason", "error_type", "error")
 
@@ -176,7 +176,7 @@ def score_frame(df: pd.DataFrame, keys: Iterable[str] = ("run_id", "example_id")
             for r in df.to_dict("records")]
     return pd.DataFrame(rows, columns=[*keys, *SCORE_COLUMNS])
 
-# %% ../nbs/36_kv_score.ipynb #5ea785bb
+# %% ../nbs/36_kv_score.ipynb #1c9b860c
 SCORER_VERSION = 1
 
 def score_store(store, run_id: str|None = None, rescore: bool = False, progress: bool = True) -> int:
