@@ -1,0 +1,133 @@
+"End-to-end checks of labnb.data: malformed rows name file, line and field; LongBench files; loaders on the real mirror."
+import json, os
+from pathlib import Path
+
+import pytest
+
+from labnb.data import (DataError, ICLPair, LongContextQA, ProblemSolution, SentencePair, LabelledText, Fact,
+                        load_dataset, load_longbench, list_datasets, available, label_names)
+
+MIRROR = os.environ.get("LABNB_DATA")
+needs_mirror = pytest.mark.skipif(not MIRROR or not Path(MIRROR).is_dir(),
+                                  reason="LABNB_DATA is not set to the data mirror; real-data loaders not checked")
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    "A temporary mirror: call it with {relative path: text}; downloads are disabled."
+    monkeypatch.setenv("LABNB_DATA", str(tmp_path))
+    monkeypatch.setenv("LABNB_OFFLINE", "1")
+    def write(files: dict):
+        for rel, text in files.items():
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / rel).write_text(text)
+        return tmp_path
+    return write
+
+
+def error_of(fn) -> DataError:
+    with pytest.raises(DataError) as e: fn()
+    return e.value
+
+
+# ---- malformed rows: the error names file, line and field ----
+
+@pytest.mark.parametrize("rel,text,name,split,line,field,msg", [
+    ("embed_bench/stsbenchmark/sts-test.csv",
+     "main-news\tMSRpar\t2012\t0001\t4.0\tA b.\tA c.\nmain-news\tMSRpar\t2012\t0002\tn/a\tA b.\tA c.\n",
+     "stsb", "test", 2, "score", "not a number"),
+    ("embed_bench/stsbenchmark/sts-train.csv", 'main-forum\tdeft\t2014\t0001\t0.8\t"Then the captain\n',
+     "stsb", "train", 1, "s2", "row has 6"),
+    ("embed_bench/sick2014/SICK_train.txt",
+     "pair_ID\tsentence_A\tsentence_B\trelatedness_score\tentailment_judgment\n1\ta\tb\t3\tNEUTRAL\nx\ta\tb\t3\tNEUTRAL\n",
+     "sick", "train", 3, "pair_ID", "not an integer"),
+    ("gsm8k/grade_school_math/data/train.jsonl", '{"question": "q", "answer": "so 4"}\n',
+     "gsm8k", "train", 1, "answer", "no final '#### N' line"),
+    ("gsm8k/grade_school_math/data/train.jsonl", '{"question": 5, "answer": "#### 4"}\n',
+     "gsm8k", "train", 1, "question", "expected str, got int"),
+    ("function_vectors/dataset_files/extractive/choose_first_of_3.json", '[\n{"input": "a, b, c", "output": "a"},\n{"output": "b"}\n]',
+     "fv/choose_first_of_3", None, 3, "input", "missing field"),
+    ("embed_bench/sst2/glue_sst2_dev_872.tsv", "sentence\tlabel\ngood film \t1\nbad film \t2\n",
+     "sst2", "dev", 3, "label", "out of range"),
+    ("lost_in_the_middle/kv_retrieval_data/kv-retrieval-75_keys.jsonl.gz", None,
+     "litm/kv75", None, 2, "key", "not among the records"),
+])
+def test_malformed_row_names_file_line_field(mirror, rel, text, name, split, line, field, msg):
+    if rel.endswith(".gz"):
+        import gzip
+        ok = {"ordered_kv_records": [["k1", "v1"], ["k2", "v2"]], "key": "k2", "value": "v2"}
+        root = mirror({})
+        (root / rel).parent.mkdir(parents=True)
+        with gzip.open(root / rel, "wt") as f: f.write(json.dumps(ok) + "\n" + json.dumps({**ok, "key": "k9"}) + "\n")
+    else: mirror({rel: text})
+    e = error_of(lambda: load_dataset(name, split))
+    assert e.file.endswith(Path(rel).name) and e.line == line and e.field == field, str(e)
+    assert msg in str(e) and f"line {line}" in str(e) and f"field '{field}'" in str(e)
+
+
+def test_unknown_name_and_split(mirror):
+    e = error_of(lambda: load_dataset("fv/contry-capital"))
+    assert "fv/country-capital" in str(e) and "lre/<47 sets>" in str(e)
+    assert "splits: test, train, socratic_test" in str(error_of(lambda: load_dataset("gsm8k", "dev")))
+
+
+def test_missing_file_offline(mirror):
+    mirror({})
+    e = error_of(lambda: load_dataset("leval/tpo"))
+    assert "tpo.jsonl is not in the mirror" in str(e) and "raw.githubusercontent.com/OpenLMLab/LEval" in str(e)
+    assert not available("leval/tpo")
+
+
+# ---- LongBench JSONL ----
+
+LB = {"input": "Which river?", "context": "Passage 1: The Rhine flows north.", "answers": ["The Rhine"], "length": 6,
+      "dataset": "hotpotqa", "language": "en", "all_classes": None, "_id": "lb-0"}
+
+def test_longbench_reads_all_fields(tmp_path):
+    f = tmp_path / "hotpotqa.jsonl"
+    f.write_text("\n".join(json.dumps({**LB, "_id": f"lb-{i}", "length": 6 + i}) for i in range(3)) + "\n")
+    recs = load_longbench(f)
+    assert [r.id for r in recs] == ["lb-0", "lb-1", "lb-2"] and isinstance(recs[0], LongContextQA)
+    assert (recs[2].question, recs[2].context, recs[2].answers) == ("Which river?", LB["context"], ["The Rhine"])
+    assert recs[2].meta == {"length": 8, "dataset": "hotpotqa", "language": "en", "all_classes": None}
+    assert len(load_longbench(f, limit=2)) == 2
+
+
+def test_longbench_registry_reads_mirror_layout(mirror):
+    mirror({"longbench/data/hotpotqa.jsonl": json.dumps(LB) + "\n"})
+    assert available("longbench/hotpotqa") and load_dataset("longbench/hotpotqa")[0].answers == ["The Rhine"]
+
+
+@pytest.mark.parametrize("bad,field,msg", [({"answers": "The Rhine"}, "answers", "expected list"),
+                                           ({"all_classes": ["a", 1]}, "all_classes[1]", "expected str"),
+                                           ({"_id": None}, "_id", "expected str")])
+def test_longbench_malformed(tmp_path, bad, field, msg):
+    f = tmp_path / "lb.jsonl"
+    f.write_text(json.dumps(LB) + "\n" + json.dumps({**LB, **bad}) + "\n")
+    e = error_of(lambda: load_longbench(f))
+    assert (e.line, e.field) == (2, field) and msg in str(e)
+
+
+# ---- the real mirror ----
+
+@needs_mirror
+@pytest.mark.parametrize("name,split,kind,n", [("fv/country-capital", None, ICLPair, 197), ("lre/company_ceo", None, Fact, 298),
+                                               ("gsm8k", "test", ProblemSolution, 1319), ("stsb", "test", SentencePair, 1379),
+                                               ("sick", "train", SentencePair, 4500), ("banking77", "test", LabelledText, 3080),
+                                               ("ag_news", "test", LabelledText, 7600), ("leval/coursera", None, LongContextQA, 172)])
+def test_mirror_counts(name, split, kind, n):
+    recs = load_dataset(name, split)
+    assert len(recs) == n and all(isinstance(r, kind) for r in recs[:50])
+    assert len({r.id for r in recs}) == n                              # ids are unique
+    assert [r.id for r in load_dataset(name, split, limit=5)] == [r.id for r in recs[:5]]
+
+
+@needs_mirror
+def test_mirror_content():
+    g = load_dataset("gsm8k", "train", limit=1)[0]
+    assert g.answer == "72" and g.solution.endswith("altogether in April and May.")
+    assert {r.label for r in load_dataset("sick", "trial")} == {"NEUTRAL", "ENTAILMENT", "CONTRADICTION"}
+    assert min(r.score for r in load_dataset("stsb", "dev")) == 0.0 and max(r.score for r in load_dataset("stsb", "dev")) == 5.0
+    assert len(label_names("banking77")) == 77 and len(list_datasets("lre/")) == 47
+    kv = load_dataset("litm/kv140", limit=1, gold_index=70)[0]
+    assert kv.meta["kv_records"][70] == [kv.question, kv.answers[0]]
