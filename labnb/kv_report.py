@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['request_status', 'fmt', 'fmt_ci', 'md_table', 'fb', 'report_context', 'render_report', 'write_report']
 
-# %% ../nbs/38_kv_report.ipynb #354edd32
+# %% ../nbs/38_kv_report.ipynb #f0aebb30
 import math
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from .core import git_info, logger, now_iso
 from .store import atomic_write
 from .kv_analyze import AnalysisConfig, analyze, summarize, with_baseline
 
-# %% ../nbs/38_kv_report.ipynb #e4d6594f
+# %% ../nbs/38_kv_report.ipynb #b7d000a8
 def request_status(store) -> pd.DataFrame:
     "Per run: press, budget, planned and finished requests, missing = planned - finished."
     df = store.df("""SELECT q.run_id, u.press, u.budget_kind, u.budget, COUNT(*) AS planned,
@@ -26,7 +26,7 @@ def request_status(store) -> pd.DataFrame:
     df["missing"] = df.planned - df.finished
     return df
 
-# %% ../nbs/38_kv_report.ipynb #6ace29e9
+# %% ../nbs/38_kv_report.ipynb #130d26c6
 def fmt(x, nd: int = 2) -> str:
     "A number for a table: '—' for None/NaN, `nd` decimals for floats, budgets without trailing zeros."
     if x is None or (isinstance(x, float) and math.isnan(x)): return "—"
@@ -44,7 +44,7 @@ def md_table(df: pd.DataFrame) -> str:
 
 def fb(b) -> str: return f"{float(b):g}"
 
-# %% ../nbs/38_kv_report.ipynb #25690a8d
+# %% ../nbs/38_kv_report.ipynb #b4001554
 def _budget_part(a: dict, cfg) -> tuple[str, list[str]]:
     res = with_baseline(a["results"])
     sm = summarize(res, metrics=("f1", "em", "contains", "failed"), level=cfg.level, n_boot=cfg.n_boot, seed=cfg.seed,
@@ -98,7 +98,7 @@ def _transition_part(a: dict, low: set) -> tuple[str, list[str]]:
         parts = [f"at {k} in bin{'s' if len(v) > 1 else ''} {', '.join(v)}" for k, v in by.items() if k != "none"]
         if "none" in by: parts.append(f"no significant transition in bin{'s' if len(by['none']) > 1 else ''} {', '.join(by['none'])}")
         s = f"**{press}** on {task}: CI-aware transition " + "; ".join(parts) + "."
-        t = g.sort_values("bin").transition_ci.fillna(-1.0).to_numpy()
+        t = pd.to_numeric(g.sort_values("bin").transition_ci).fillna(-1.0).to_numpy()
         if len(t) > 2 and (t >= 0).sum() >= 2 and np.all(np.diff(t) >= 0) and t[-1] > t[0]:
             s += " Longer bins collapse at larger budgets."
         sents.append(s)
@@ -173,7 +173,7 @@ def _limitations(a: dict, status: pd.DataFrame, low: set, models: list) -> list[
             "Latency was measured on a shared CPU machine: compare budgets within this run, not against other machines."]
     return out
 
-# %% ../nbs/38_kv_report.ipynb #9ac40d52
+# %% ../nbs/38_kv_report.ipynb #9c9b2698
 def report_context(a: dict, status: pd.DataFrame, experiment: str, out_weight: float = 4.0) -> dict:
     "Template variables answering the report's questions from an analysis and the request status."
     cfg = AnalysisConfig.from_dict(a["config"])
@@ -202,7 +202,7 @@ def report_context(a: dict, status: pd.DataFrame, experiment: str, out_weight: f
                 efficiency_table=md_table(eff.drop(columns=["budget_kind"])), out_weight=out_weight, fig_prefix="",
                 limitations=_limitations(a, status, low, models))
 
-# %% ../nbs/38_kv_report.ipynb #df43d5b0
+# %% ../nbs/38_kv_report.ipynb #0fd14f67
 def render_report(ctx: dict, template: str = "kv_report.md.j2", directory=None) -> str:
     "Render the report template with `ctx` (undefined variables are errors)."
     import jinja2
