@@ -7,7 +7,7 @@ __all__ = ['FAILURE_RULES', 'SHAPES', 'KNOWN_FINISH', 'SCORE_COLUMNS', 'RESPONSE
            'exact_match', 'token_f1', 'contains_match', 'FailureRule', 'register_failure', 'answer_shape',
            'score_response', 'score_frame', 'score_store']
 
-# %% ../nbs/36_kv_score.ipynb #ba2f0bde
+# %% ../nbs/36_kv_score.ipynb #e97aeb06
 import collections, json, re, string, time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -17,7 +17,7 @@ import pandas as pd
 
 from .core import logger
 
-# %% ../nbs/36_kv_score.ipynb #604c66b6
+# %% ../nbs/36_kv_score.ipynb #2830ca19
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -27,7 +27,7 @@ def normalize_answer(s: str|None) -> str:
     s = "".join(ch for ch in str(s).lower() if ch not in _PUNCT)
     return " ".join(_ARTICLES.sub(" ", s).split())
 
-# %% ../nbs/36_kv_score.ipynb #a379a31b
+# %% ../nbs/36_kv_score.ipynb #fc08b8d9
 def _golds(golds) -> list[str]:
     if golds is None: return []
     if isinstance(golds, str):
@@ -58,7 +58,7 @@ def contains_match(pred: str|None, golds) -> float:
     p = f" {normalize_answer(pred)} "
     return float(any((n := normalize_answer(g)) and f" {n} " in p for g in _golds(golds)))
 
-# %% ../nbs/36_kv_score.ipynb #65408580
+# %% ../nbs/36_kv_score.ipynb #676a9248
 @dataclass(frozen=True)
 class FailureRule:
     "A named failure class: `test(row) -> bool` on one scored response row (a dict)."
@@ -81,7 +81,7 @@ def register_failure(name: str, doc: str, test: Callable[[dict], bool], needs_no
     FAILURE_RULES.clear(); FAILURE_RULES.update(items)
     return rule
 
-# %% ../nbs/36_kv_score.ipynb #0ca69387
+# %% ../nbs/36_kv_score.ipynb #733fd6e1
 def _err(row) -> str:
     return " ".join(str(row.get(k) or "") for k in ("error_type", "error")).strip()
 
@@ -111,12 +111,16 @@ def _degenerate(text: str) -> bool:
             if len(set(tuple(words[i + k * n:i + (k + 1) * n]) for k in range(4))) == 1: return True
     return False
 
+def _has_shape(row) -> bool:
+    "The output holds a string of the golds' shape (False when the golds have none)."
+    shape = answer_shape(row.get("answers"))
+    return shape is not None and bool(SHAPES[shape].search(row.get("text") or ""))
+
 def _format_error(row) -> bool:
     text = row.get("text") or ""
-    shape = answer_shape(row.get("answers"))
-    return (shape is not None and not SHAPES[shape].search(text)) or _degenerate(text)
+    return (answer_shape(row.get("answers")) is not None and not _has_shape(row)) or _degenerate(text)
 
-# %% ../nbs/36_kv_score.ipynb #e8f5f8d7
+# %% ../nbs/36_kv_score.ipynb #cd3c14f9
 def _register_defaults():
     FAILURE_RULES.clear()
     register_failure("TIMEOUT", "an error was recorded and its type or message says timeout",
@@ -127,8 +131,8 @@ def _register_defaults():
                      lambda r: r.get("text") is not None and not str(r["text"]).strip(), needs_no_credit=False)
     register_failure("REFUSAL", "no credit; the text starts with a refusal or abstention",
                      lambda r: bool(_REFUSAL_RE.search(str(r.get("text") or ""))))
-    register_failure("TRUNCATED", "no credit; finish_reason is 'length' (token limit hit before an answer)",
-                     lambda r: r.get("finish_reason") == "length")
+    register_failure("TRUNCATED", "no credit; finish_reason 'length' and no candidate answer (no string of the golds' shape)",
+                     lambda r: r.get("finish_reason") == "length" and not _has_shape(r))
     register_failure("FORMAT_ERROR", "no credit; no string of the golds' shape (UUID, integer) or degenerate output",
                      lambda r: r.get("text") is not None and _format_error(r))
     register_failure("UNKNOWN_FAILURE", "no credit; text missing without error, or an unknown finish_reason",
@@ -136,7 +140,7 @@ def _register_defaults():
 _register_defaults()
 list(FAILURE_RULES)
 
-# %% ../nbs/36_kv_score.ipynb #8717e643
+# %% ../nbs/36_kv_score.ipynb #adac0073
 def _clean(v):
     "NaN / NA from pandas become None."
     if v is None: return None
@@ -162,7 +166,7 @@ def score_response(text: str|None, answers, finish_reason: str|None = None, erro
     outcome = "failure" if failure else "correct" if credit else "wrong"
     return {**m, "outcome": outcome, "failure_class": failure}
 
-# %% ../nbs/36_kv_score.ipynb #4bd2dbc0
+# %% ../nbs/36_kv_score.ipynb #10f1c300
 SCORE_COLUMNS = ("em", "f1", "contains", "outcome", "failure_class")
 RESPONSE_COLUMNS = ("text", "answers", "finish_reason", "error_type", "error")
 
@@ -176,7 +180,7 @@ def score_frame(df: pd.DataFrame, keys: Iterable[str] = ("run_id", "example_id")
             for r in df.to_dict("records")]
     return pd.DataFrame(rows, columns=[*keys, *SCORE_COLUMNS])
 
-# %% ../nbs/36_kv_score.ipynb #1c9b860c
+# %% ../nbs/36_kv_score.ipynb #9688b7a1
 SCORER_VERSION = 1
 
 def score_store(store, run_id: str|None = None, rescore: bool = False, progress: bool = True) -> int:

@@ -44,6 +44,7 @@ def test_normalization_em_and_containment():
     ("", "stop", None, None, ("failure", "EMPTY_OUTPUT")),
     ("I cannot answer this question.", "stop", None, None, ("failure", "REFUSAL")),
     ("Let me look through the keys one by one, starting", "length", None, None, ("failure", "TRUNCATED")),
+    ("The value is 00000000-0d4e-4a5b-9c8d-7e6f5a4b3c2d, and", "length", None, None, ("wrong", None)),
     ("The answer is the key above.", "stop", None, None, ("failure", "FORMAT_ERROR")),
     ("value value value value value", "stop", None, None, ("failure", "FORMAT_ERROR")),
     (None, "stop", None, None, ("failure", "UNKNOWN_FAILURE")),
