@@ -6,14 +6,14 @@
 __all__ = ['TaskCfg', 'PrepareCfg', 'EngineCfg', 'FocusCfg', 'RunCfg', 'AnalyzeCfg', 'ReportCfg', 'KVConfig', 'config_dir',
            'experiment_file', 'load_kv_config']
 
-# %% ../nbs/31_kv_config.ipynb #b235aaca
+# %% ../nbs/31_kv_config.ipynb #1a62f6b4
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from .core import Config, ConfigError, load_config, paths
 
-# %% ../nbs/31_kv_config.ipynb #23050a42
+# %% ../nbs/31_kv_config.ipynb #ac59e23b
 @dataclass
 class TaskCfg(Config):
     "One task of the group; `params` go to the task's loader or generator (see `kv_prepare.TASKS`)."
@@ -53,11 +53,9 @@ class EngineCfg(Config):
 
 @dataclass
 class FocusCfg(Config):
-    "`focus_transition`: after the first pass, add examples next to the detected transition."
+    "`focus_transition`: after the first pass, add examples next to each detected transition (see `analyze.target_width`, `analyze.cap`)."
     rounds: int = 2                # extra rounds at most
-    add_per_bin: int = 4           # examples added per focused (task, bin) per round
-    max_per_bin: int = 16          # cap of examples per (task, bin)
-    ci_width: float = 0.3          # stop when the CI of the drop at the transition is narrower than this
+    add_per_bin: int = 4           # examples added per focused (run, task, bin) per round
 
 @dataclass
 class RunCfg(Config):
@@ -71,18 +69,21 @@ class RunCfg(Config):
 
 @dataclass
 class AnalyzeCfg(Config):
-    metric: Literal["em", "f1", "contains"] = "contains"
-    threshold: float = 0.2         # a drop larger than this from the previous budget is a transition
-    n_boot: int = 1000
-    ci: float = 0.95
+    "Passed to `kv_analyze.AnalysisConfig` (same keys)."
+    metric: str = ""               # headline metric for every task ('' = per task)
+    threshold: float = 0.1         # a drop larger than this from the previous budget is a transition
+    rule: Literal["diff", "overlap"] = "diff"   # CI-aware significance rule
+    level: float = 0.95            # CI level
+    n_boot: int = 2000             # bootstrap resamples
     seed: int = 0
+    target_width: float = 0.2      # focus_transition: CI width to reach
+    cap: int = 100                 # focus_transition: max examples per cell
 
 @dataclass
 class ReportCfg(Config):
-    title: str = "KV-cache budget transition"
-    formats: list[str] = field(default_factory=lambda: ["md"])
+    figures: bool = True           # write figures next to the report
 
-# %% ../nbs/31_kv_config.ipynb #cfb5abe1
+# %% ../nbs/31_kv_config.ipynb #68b54553
 @dataclass
 class KVConfig(Config):
     group: str = "interactive"     # experiment group: results/kv/<group>/kv.sqlite
@@ -126,8 +127,15 @@ class KVConfig(Config):
             if not ok: raise ConfigError(f"run.budgets[{i}]", f"{b} is not a valid {r.budget_kind} budget "
                                          + ("(0 < ratio <= 1: fraction of the cache kept)" if r.budget_kind == "ratio" else "(a whole number of tokens >= 1)"))
         if len(set(r.budgets)) != len(r.budgets): raise ConfigError("run.budgets", f"duplicate budget in {r.budgets}")
-        if not 0 < self.analyze.ci < 1: raise ConfigError("analyze.ci", f"must be in (0, 1), got {self.analyze.ci}")
-        if self.analyze.n_boot < 1: raise ConfigError("analyze.n_boot", f"must be >= 1, got {self.analyze.n_boot}")
+        if r.focus.rounds < 0 or r.focus.add_per_bin < 1:
+            raise ConfigError("run.focus", f"rounds must be >= 0 and add_per_bin >= 1, got {r.focus.rounds}, {r.focus.add_per_bin}")
+        self.analysis_config()
+
+    def analysis_config(self):
+        "The `kv_analyze.AnalysisConfig` of this experiment (its errors keyed under `analyze.`)."
+        from labnb.kv_analyze import AnalysisConfig
+        try: return AnalysisConfig.from_dict(self.analyze.to_dict())
+        except ConfigError as e: raise ConfigError(f"analyze.{e.key}", str(e).split(": ", 1)[-1]) from None
 
     @property
     def root(self) -> Path:
@@ -138,7 +146,7 @@ class KVConfig(Config):
     @property
     def budgets_sorted(self) -> list[float]: return sorted(self.run.budgets, reverse=True)
 
-# %% ../nbs/31_kv_config.ipynb #11284f52
+# %% ../nbs/31_kv_config.ipynb #67b69afd
 def config_dir() -> Path: return paths().home / "configs" / "kv"
 
 def experiment_file(experiment: str|Path) -> Path:
