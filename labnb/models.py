@@ -6,7 +6,7 @@
 __all__ = ['ARCHS', 'OFFLINE_MODELS', 'ArchSpec', 'ModelSpec', 'model_spec', 'tiny_tokenizer', 'tiny_model', 'OfflineModel',
            'package_dir', 'dequantized_dir', 'load_model', 'model_meta']
 
-# %% ../nbs/02_models.ipynb #8314c73a
+# %% ../nbs/02_models.ipynb #e5835640
 import contextlib, fcntl, importlib.util, os, shutil, tempfile, warnings
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -18,7 +18,7 @@ from torch import nn
 
 from .core import paths, default_device, default_dtype, logger
 
-# %% ../nbs/02_models.ipynb #3081c630
+# %% ../nbs/02_models.ipynb #3ed5486f
 @dataclass(frozen=True)
 class ArchSpec:
     "Module paths of one architecture, relative to `model.base_model`; `{l}` is the layer index."
@@ -42,7 +42,7 @@ ARCHS: dict[str, ArchSpec] = {
 }
 ARCHS["gemma3"] = ARCHS["gemma3_text"]
 
-# %% ../nbs/02_models.ipynb #2e7a2885
+# %% ../nbs/02_models.ipynb #7d520750
 @dataclass(frozen=True)
 class ModelSpec:
     "Shapes and module accessors of a loaded model."
@@ -83,7 +83,7 @@ def model_spec(model) -> ModelSpec:
     n_kv = getattr(cfg, a.n_kv_heads, None) if a.n_kv_heads else None
     return ModelSpec(arch, cfg.num_hidden_layers, n_heads, n_kv or n_heads, d_head, d_model, a)
 
-# %% ../nbs/02_models.ipynb #26a69213
+# %% ../nbs/02_models.ipynb #8e9032f7
 def tiny_tokenizer(encoder: bool = False):
     "A byte-level BPE tokenizer without merges: 256 byte tokens + specials, built in memory."
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders, processors
@@ -102,7 +102,7 @@ def tiny_tokenizer(encoder: bool = False):
                                        sep_token="[SEP]", mask_token="[MASK]")
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
-# %% ../nbs/02_models.ipynb #f691fe92
+# %% ../nbs/02_models.ipynb #7faabf16
 def _tiny_configs(vocab: int) -> dict[str, Callable]:
     from transformers import LlamaConfig, GPT2Config, GPTNeoXConfig, BertConfig, Gemma3TextConfig
     small = dict(vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -129,7 +129,7 @@ def tiny_model(arch: str = "llama", seed: int = 0):
     model._labnb_meta = {"model_id": f"tiny-{arch}", "revision": f"seed{seed}", "source": "random"}
     return model, tok
 
-# %% ../nbs/02_models.ipynb #e8c41819
+# %% ../nbs/02_models.ipynb #8138a1ef
 @dataclass(frozen=True)
 class OfflineModel:
     "A model shipped inside a Python package."
@@ -153,7 +153,7 @@ def package_dir(package: str) -> Path:
         raise ModuleNotFoundError(f"package {package!r} is not installed (see the README's setup command)")
     return Path(list(spec.submodule_search_locations)[0])
 
-# %% ../nbs/02_models.ipynb #4c382156
+# %% ../nbs/02_models.ipynb #f15b62dd
 @contextlib.contextmanager
 def _file_lock(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +189,7 @@ def dequantized_dir(name: str) -> Path:
         os.replace(tmp, out)
     return out
 
-# %% ../nbs/02_models.ipynb #d89cf29d
+# %% ../nbs/02_models.ipynb #8e4ba583
 def _resolve(source: str, gguf_file: str|None) -> tuple[str|Path, dict, str|None]:
     "(folder or hub id, extra from_pretrained kwargs, offline kind) for a source."
     if source in OFFLINE_MODELS:
@@ -222,7 +222,9 @@ def load_model(source: str|Path, revision: str|None = None, gguf_file: str|None 
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     tok = AutoTokenizer.from_pretrained(folder, **extra)
-    model = _auto_cls(kind).from_pretrained(folder, dtype=dtype, **extra, **kw).to(device).eval()
+    level = hf_logging.get_verbosity(); hf_logging.set_verbosity_error()   # no load reports for known-unused keys
+    try: model = _auto_cls(kind).from_pretrained(folder, dtype=dtype, **extra, **kw).to(device).eval()
+    finally: hf_logging.set_verbosity(level)
     if tok.pad_token is None and tok.eos_token is not None: tok.pad_token = tok.eos_token
     model._labnb_meta = {"model_id": str(source), "revision": revision or "main", "source": str(folder), "kind": kind,
                          "dtype": str(dtype).replace("torch.", "")}
