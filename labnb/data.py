@@ -12,7 +12,7 @@ __all__ = ['RECORD_KINDS', 'SOURCE_URLS', 'HUB_EXPORTS', 'DATASETS', 'FV_TASKS',
            'build_stsb', 'read_sick', 'build_sick', 'read_semeval', 'build_semeval', 'build_labelled', 'build_leval',
            'format_kv', 'build_kv', 'build_nq', 'build_longbench', 'load_longbench', 'available']
 
-# %% ../nbs/04_data.ipynb #607a28aa
+# %% ../nbs/04_data.ipynb #fbc1d6bb
 import builtins, csv, dataclasses, functools, gzip, hashlib, io, json, os, re, zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .core import paths, logger
 
-# %% ../nbs/04_data.ipynb #4aff486f
+# %% ../nbs/04_data.ipynb #16b388ca
 class DataError(ValueError):
     "Bad or missing input data; names the file, the line and the field when known."
     def __init__(self, msg: str, file=None, line=None, field: str|None = None):
@@ -29,7 +29,7 @@ class DataError(ValueError):
                                     f"field '{field}'" if field else None) if p)
         super().__init__(f"{loc}: {msg}" if loc else msg)
 
-# %% ../nbs/04_data.ipynb #97c3ab34
+# %% ../nbs/04_data.ipynb #c1083c65
 @dataclass(frozen=True)
 class ICLPair:
     "One in-context-learning example of a task: `input` -> `output` (function-vector tasks)."
@@ -89,7 +89,7 @@ class Fact:
 
 RECORD_KINDS = {c.__name__: c for c in (ICLPair, SentencePair, LabelledText, LongContextQA, ProblemSolution, Fact)}
 
-# %% ../nbs/04_data.ipynb #d4131d60
+# %% ../nbs/04_data.ipynb #3dbdadd5
 def content_id(*parts, n: int = 12) -> str:
     "A short stable hash of the parts (joined with a separator that never occurs in text)."
     return hashlib.sha1("\x1f".join(map(str, parts)).encode()).hexdigest()[:n]
@@ -103,7 +103,7 @@ def dedupe_ids(records: list) -> list:
         out.append(r if k == 1 else dataclasses.replace(r, id=f"{r.id}-{k}"))
     return out
 
-# %% ../nbs/04_data.ipynb #63cfa146
+# %% ../nbs/04_data.ipynb #bbd70cbb
 @dataclass
 class Row:
     "One source row: its fields, the file it came from and its line (or position such as `samples[3]`)."
@@ -146,20 +146,24 @@ class Row:
         if v not in options: raise self.error(key, f"unknown value {v!r} (expected one of {', '.join(map(str, options))})")
         return v
 
-# %% ../nbs/04_data.ipynb #0b8256b6
+# %% ../nbs/04_data.ipynb #822353ef
 def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8", newline="")
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    "(1-based line number, line without its newline) for every non-blank line of a text file (gzip allowed)."
+    with _open_text(path) as f:
+        for i, line in enumerate(f, 1):
+            if line.strip(): yield i, line.rstrip("\r\n")
 
 def read_jsonl(path) -> Iterator[Row]:
     "One JSON object per line (gzip allowed); blank lines are skipped."
     path = Path(path)
-    with _open_text(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip(): continue
-            try: obj = json.loads(line)
-            except json.JSONDecodeError as e: raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", path, i) from None
-            if not isinstance(obj, dict): raise DataError(f"expected a JSON object, got {type(obj).__name__}", path, i)
-            yield Row(obj, str(path), i)
+    for i, line in _lines(path):
+        try: obj = json.loads(line)
+        except json.JSONDecodeError as e: raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", path, i) from None
+        if not isinstance(obj, dict): raise DataError(f"expected a JSON object, got {type(obj).__name__}", path, i)
+        yield Row(obj, str(path), i)
 
 def _array_items(text: str, pos: int, path: Path) -> Iterator[tuple[int, Any]]:
     "Decode the JSON array starting at `text[pos] == '['` element by element, yielding (line, element)."
@@ -203,23 +207,20 @@ def read_tsv(path, columns: list[str]|None = None, header: bool = True, min_fiel
     else `columns` does. Rows with fewer than `min_fields` (default: all named) fields are errors; extra fields are
     kept as `extra_0`, `extra_1`, ..."""
     path = Path(path)
-    with _open_text(path) as f:
-        for i, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if i == 1 and header:
-                cols = line.lstrip("\ufeff").split("\t")
-                if columns is not None and cols[:len(columns)] != list(columns):
-                    raise DataError(f"header {cols} does not start with {list(columns)}", path, 1)
-                columns = cols; continue
-            if not line.strip(): continue
-            parts = line.split("\t")
-            need = min_fields if min_fields is not None else len(columns)
-            if len(parts) < need:
-                raise DataError(f"row has {len(parts)} tab-separated fields, expected {need} ({', '.join(columns)})",
-                                path, i, columns[len(parts)])
-            d = dict(zip(columns, parts))
-            d.update({f"extra_{j}": v for j, v in enumerate(parts[len(columns):])})
-            yield Row(d, str(path), i)
+    for i, line in _lines(path):
+        if header:
+            cols, header = line.lstrip("\ufeff").split("\t"), False
+            if columns is not None and cols[:len(columns)] != list(columns):
+                raise DataError(f"header {cols} does not start with {list(columns)}", path, i)
+            columns = cols; continue
+        parts = line.split("\t")
+        need = min_fields if min_fields is not None else len(columns)
+        if len(parts) < need:
+            raise DataError(f"row has {len(parts)} tab-separated fields, expected {need} ({', '.join(columns)})",
+                            path, i, columns[len(parts)])
+        d = dict(zip(columns, parts))
+        d.update({f"extra_{j}": v for j, v in enumerate(parts[len(columns):])})
+        yield Row(d, str(path), i)
 
 def read_csv(path, columns: list[str]) -> Iterator[Row]:
     "A quoted CSV with a header that must equal `columns`; each row must have exactly that many fields."
@@ -238,7 +239,7 @@ def read_csv(path, columns: list[str]) -> Iterator[Row]:
                                 columns[min(len(parts), len(columns) - 1)])
             yield Row(dict(zip(columns, parts)), str(path), line)
 
-# %% ../nbs/04_data.ipynb #089dbf7c
+# %% ../nbs/04_data.ipynb #cad0db1c
 SOURCE_URLS = {
     "function_vectors/dataset_files/": "https://raw.githubusercontent.com/ericwtodd/function_vectors/fb9eac7/dataset_files/",
     "relations_lre/data/": "https://raw.githubusercontent.com/evandez/relations/1b9ec3c/data/",
@@ -265,7 +266,7 @@ def offline() -> bool:
     "True when no download may be attempted (`HF_HUB_OFFLINE=1` or `LABNB_OFFLINE=1`)."
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "LABNB_OFFLINE"))
 
-# %% ../nbs/04_data.ipynb #2ce0842f
+# %% ../nbs/04_data.ipynb #bd2027ae
 def _download(url: str, dest: Path) -> Path:
     "Fetch `url` (http(s), file:// or hf://owner/repo/file) to `dest` atomically."
     from labnb.store import atomic_path
@@ -343,7 +344,7 @@ def resolve_file(rel: str, what: str = "") -> Path:
         raise DataError(f"{what}{where} and fetching the public source failed ({type(e).__name__}: {e}); "
                         f"public source: {url}") from None
 
-# %% ../nbs/04_data.ipynb #a6041e67
+# %% ../nbs/04_data.ipynb #d159490a
 @dataclass(frozen=True)
 class DatasetSpec:
     "A registered dataset: record kind, a mirror-relative file per split (first = default), reader and builder."
@@ -367,7 +368,7 @@ def register(spec: DatasetSpec) -> None:
     "Add (or replace) a dataset in `DATASETS`."
     DATASETS[spec.name] = spec
 
-# %% ../nbs/04_data.ipynb #7a99103a
+# %% ../nbs/04_data.ipynb #525ae757
 def list_datasets(prefix: str = "", kind: type|str|None = None) -> list[str]:
     "Registered names, optionally those starting with `prefix` and/or of one record `kind`."
     kn = kind if isinstance(kind, str) or kind is None else kind.__name__
@@ -401,7 +402,7 @@ def _label_file(rel: str) -> list[str]:
         raise DataError("expected a JSON list of class names", path, 1)
     return labels
 
-# %% ../nbs/04_data.ipynb #b9b7330b
+# %% ../nbs/04_data.ipynb #22ab8918
 @functools.lru_cache(maxsize=64)
 def _load_file(name: str, split: str, path: Path, mtime: float, kw: tuple) -> tuple:
     spec = DATASETS[name]
@@ -416,6 +417,10 @@ def load_dataset(name: str, split: str|None = None, limit: int|None = None, **kw
         out = [r for s in spec.files for r in load_dataset(name, s, None, **kw)]
         return out[:limit] if limit is not None else out
     split = split or spec.default_split
+    import inspect
+    allowed = [p for p in list(inspect.signature(spec.build).parameters)[3:] if p not in spec.options]
+    if unknown := sorted(set(kw) - set(allowed)):
+        raise DataError(f"{name}: unknown option(s) {', '.join(unknown)} (options: {', '.join(allowed) or 'none'})")
     if split not in spec.files:
         raise DataError(f"{name}: unknown split {split!r} (splits: {', '.join(spec.splits)}, or 'all')")
     if limit is not None and (not isinstance(limit, int) or limit < 0): raise DataError(f"limit must be an int >= 0, got {limit!r}")
@@ -423,7 +428,7 @@ def load_dataset(name: str, split: str|None = None, limit: int|None = None, **kw
     recs = _load_file(name, split, path, path.stat().st_mtime, tuple(sorted(kw.items())))
     return list(recs[:limit] if limit is not None else recs)
 
-# %% ../nbs/04_data.ipynb #5ca31628
+# %% ../nbs/04_data.ipynb #3e2dfa95
 FV_TASKS = {
     "abstractive": "ag_news antonym capitalize capitalize_first_letter capitalize_last_letter capitalize_second_letter "
         "commonsense_qa country-capital country-currency english-french english-german english-spanish landmark-country "
@@ -448,17 +453,15 @@ for _group, _tasks in FV_TASKS.items():
                              read_json_array, build_icl, "ericwtodd/function_vectors (Todd et al., 2024)", _group,
                              options={"task": _t}))
 
-# %% ../nbs/04_data.ipynb #ce9dc218
+# %% ../nbs/04_data.ipynb #3308d368
 def read_pairs(path) -> Iterator[Row]:
     "Two whitespace-separated columns per line (`source target`)."
     path = Path(path)
-    with _open_text(path) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip(): continue
-            parts = line.split()
-            if len(parts) != 2: raise DataError(f"expected 2 whitespace-separated words, got {len(parts)}", path, i,
-                                                "target" if len(parts) < 2 else None)
-            yield Row({"input": parts[0], "output": parts[1]}, str(path), i)
+    for i, line in _lines(path):
+        parts = line.split()
+        if len(parts) != 2: raise DataError(f"expected 2 whitespace-separated words, got {len(parts)}", path, i,
+                                            "output" if len(parts) < 2 else None)
+        yield Row({"input": parts[0], "output": parts[1]}, str(path), i)
 
 for _lang in ("de", "es", "fr"):
     _d = "function_vectors/dataset_files/generate/translation/"
@@ -466,7 +469,7 @@ for _lang in ("de", "es", "fr"):
                          read_pairs, build_icl, "MUSE dictionaries (Conneau et al., 2018), via ericwtodd/function_vectors",
                          options={"task": f"en-{_lang}"}))
 
-# %% ../nbs/04_data.ipynb #f1f3f4dd
+# %% ../nbs/04_data.ipynb #b56da151
 LRE_RELATIONS = {
     "bias": "characteristic_gender degree_gender name_birthplace name_gender name_religion occupation_age occupation_gender".split(),
     "commonsense": "fruit_inside_color fruit_outside_color object_superclass substance_phase task_done_by_person "
@@ -512,7 +515,7 @@ def build_known_fact(row: Row, spec, split):
 register(DatasetSpec("rome/known_1000", Fact, {"all": "rome_known_1000/known_1000.json"}, read_json_array,
                      build_known_fact, "kmeng01/rome data/known_1000.json (Meng et al., 2022)"))
 
-# %% ../nbs/04_data.ipynb #e4ef422c
+# %% ../nbs/04_data.ipynb #c0241178
 _FINAL = re.compile(r"\n?####\s*(?P<ans>[^\n]*?)\s*$")
 
 def parse_final_answer(solution: str) -> tuple[str, str]:
@@ -535,7 +538,7 @@ register(DatasetSpec("gsm8k", ProblemSolution, {"test": _GSM + "test.jsonl", "tr
                                                  "socratic_test": _GSM + "test_socratic.jsonl"},
                      read_jsonl, build_gsm8k, "openai/grade-school-math (Cobbe et al., 2021)"))
 
-# %% ../nbs/04_data.ipynb #f70dcd7c
+# %% ../nbs/04_data.ipynb #d5188309
 STSB_COLUMNS = ["genre", "file", "year", "sid", "score", "s1", "s2"]
 
 def read_stsb(path): return read_tsv(path, STSB_COLUMNS, header=False)
@@ -582,11 +585,11 @@ for _name, _subs in SEMEVAL_STS.items():
     register(DatasetSpec(_name, SentencePair, {s: f"embed_bench/semeval_sts/20{_name[3:]}/{s}.tsv" for s in _subs},
                          read_semeval, build_semeval, "SemEval STS shared tasks, via brmson/dataset-sts"))
 
-# %% ../nbs/04_data.ipynb #0ed06fab
+# %% ../nbs/04_data.ipynb #3f61a8c2
 register(DatasetSpec("semeval_sts", SentencePair, {s: f"embed_bench/semeval_sts/all/2015.{s}.tsv" for s in ("test", "train", "val")},
                      read_semeval, build_semeval, "SemEval STS 2012-2015 splits, via brmson/dataset-sts"))
 
-# %% ../nbs/04_data.ipynb #66f98bfd
+# %% ../nbs/04_data.ipynb #41399c1b
 def build_labelled(row: Row, spec, split, text: tuple, label: str, offset: int = 0):
     "Build a `LabelledText` from text column(s) and a label column holding a class name or an integer."
     names = label_names(spec.name)
@@ -614,7 +617,7 @@ register(DatasetSpec("ag_news", LabelledText, {"test": "embed_bench/ag_news_test
                      "AG News (Zhang et al., 2015) test csv", labels=("World", "Sports", "Business", "Sci/Tech"),
                      options={"text": ("title", "description"), "label": "label", "offset": 1}))
 
-# %% ../nbs/04_data.ipynb #fcee8f29
+# %% ../nbs/04_data.ipynb #facca08d
 LEVAL_TASKS = {
     "Closed-ended-tasks": "coursera gsm100 quality sci_fi topic_retrieval_longchat tpo".split(),
     "Open-ended-tasks": "financial_qa gov_report_summ legal_contract_qa meeting_summ multidoc_qa natural_question "
@@ -634,7 +637,7 @@ for _group, _tasks in LEVAL_TASKS.items():
         register(DatasetSpec(f"leval/{_t}", LongContextQA, {"test": f"leval/LEval-data/{_group}/{_t}.jsonl"}, read_jsonl,
                              build_leval, "OpenLMLab/LEval (An et al., 2023)", _group.split("-")[0].lower()))
 
-# %% ../nbs/04_data.ipynb #67d73903
+# %% ../nbs/04_data.ipynb #6ed34b05
 def format_kv(records: list) -> str:
     "Key-value pairs as a JSON object with one pair per line."
     return "{" + ",\n ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in records) + "}"
@@ -671,7 +674,7 @@ for _n in (75, 140):
 register(DatasetSpec("litm/nq_oracle", LongContextQA, {"test": f"{_LITM}qa_data/nq-open-oracle.jsonl.gz"}, read_jsonl,
                      build_nq, _LITM_SRC, "qa"))
 
-# %% ../nbs/04_data.ipynb #d02aa4f7
+# %% ../nbs/04_data.ipynb #cc02f78d
 LONGBENCH_SUBSETS = ("narrativeqa qasper multifieldqa_en multifieldqa_zh hotpotqa 2wikimqa musique dureader gov_report "
                      "qmsum multi_news vcsum trec triviaqa samsum lsht passage_count passage_retrieval_en "
                      "passage_retrieval_zh lcc repobench-p").split()
@@ -693,7 +696,7 @@ for _s in LONGBENCH_SUBSETS:
     register(DatasetSpec(f"longbench/{_s}", LongContextQA, {"test": f"longbench/data/{_s}.jsonl"}, read_jsonl,
                          build_longbench, "THUDM/LongBench on the Hugging Face hub (Bai et al., 2023)"))
 
-# %% ../nbs/04_data.ipynb #b7e3a40e
+# %% ../nbs/04_data.ipynb #081f167a
 def available(name: str, split: str|None = None) -> bool:
     "True when the dataset's file for `split` (default: every split) is in the mirror or the download cache (no fetch)."
     spec, mirror, cache = get_spec(name), paths().data, paths().cache / "data"
