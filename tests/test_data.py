@@ -131,3 +131,33 @@ def test_mirror_content():
     assert len(label_names("banking77")) == 77 and len(list_datasets("lre/")) == 47
     kv = load_dataset("litm/kv140", limit=1, gold_index=70)[0]
     assert kv.meta["kv_records"][70] == [kv.question, kv.answers[0]]
+
+
+# ---- public-source fallback (no network: a local file:// source and a stand-in hub) ----
+
+def test_fallback_fetches_public_file_into_cache(tmp_path, monkeypatch):
+    import labnb.data as D
+    pub = tmp_path / "pub" / "data" / "factual"
+    pub.mkdir(parents=True)
+    (pub / "company_ceo.json").write_text(json.dumps({"name": "company CEO", "prompt_templates": ["{} is led by"],
+        "prompt_templates_zs": [], "properties": {"relation_type": "factual"}, "samples": [{"subject": "Acme", "object": "Ann"}]}))
+    monkeypatch.setenv("LABNB_HOME", str(tmp_path / "home")); monkeypatch.setenv("LABNB_DATA", str(tmp_path / "empty"))
+    monkeypatch.setitem(D.SOURCE_URLS, "relations_lre/data/", f"file://{tmp_path}/pub/data/")
+    facts = load_dataset("lre/company_ceo")
+    assert [(f.subject, f.object, f.prompt) for f in facts] == [("Acme", "Ann", "Acme is led by")]
+    assert (tmp_path / "home" / ".cache" / "data" / "relations_lre/data/factual/company_ceo.json").is_file()
+    assert available("lre/company_ceo")
+
+
+def test_fallback_exports_hub_split_in_mirror_format(tmp_path, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    calls = []
+    def fake_load(repo, config=None, split=None):
+        calls.append((repo, config, split))
+        return [{"text": "Stocks rally, on, earnings", "label": 2}, {"text": 'He said "hi"', "label": 0}]
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.setenv("LABNB_HOME", str(tmp_path)); monkeypatch.setenv("LABNB_DATA", str(tmp_path / "empty"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False); monkeypatch.delenv("LABNB_OFFLINE", raising=False)
+    recs = load_dataset("ag_news")
+    assert calls == [("fancyzhx/ag_news", None, "test")]
+    assert [(r.text, r.label, r.label_name) for r in recs] == [("Stocks rally, on, earnings", 2, "Business"), ('He said "hi"', 0, "World")]
