@@ -9,7 +9,7 @@ __all__ = ['KEYS', 'SCORE_COLS', 'CI_RULES', 'BASELINE_PRESSES', 'TASK_METRICS',
            'kv_memory', 'efficiency', 'plot_accuracy', 'plot_failures', 'plot_latency_memory', 'task_metric',
            'AnalysisConfig', 'analyze']
 
-# %% ../nbs/37_kv_analyze.ipynb #58a51eba
+# %% ../nbs/37_kv_analyze.ipynb #2861e74a
 import json, math, zlib
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -22,7 +22,7 @@ from .core import Config, ConfigError, logger
 from .store import atomic_path
 from .kv_score import score_frame, FAILURE_RULES
 
-# %% ../nbs/37_kv_analyze.ipynb #2c3bb6a1
+# %% ../nbs/37_kv_analyze.ipynb #e54077f3
 KEYS = ("task", "run_id", "press", "budget_kind", "budget", "bin")
 
 def chance_level(task: str, meta) -> float:
@@ -55,6 +55,7 @@ def results_frame(df: pd.DataFrame) -> pd.DataFrame:
     df["chance"] = [chance_level(t, m) for t, m in zip(df["task"], df["meta"] if "meta" in df.columns else [None] * len(df))]
     df["failed"] = (df["outcome"] == "failure").astype(float)
     df["wrong"] = (df["outcome"] == "wrong").astype(float)
+    if df["bin"].isna().any(): raise ValueError(f"bin: {int(df['bin'].isna().sum())} result rows have no length bin (run prepare first)")
     df["bin"] = df["bin"].astype(int)
     return df.reset_index(drop=True)
 
@@ -73,7 +74,7 @@ def load_results(store) -> pd.DataFrame:
     df.loc[df["detail"].isna(), ["em", "f1"]] = None                      # unscored: scored in memory below
     return results_frame(df.drop(columns=["detail"]))
 
-# %% ../nbs/37_kv_analyze.ipynb #dd1ee128
+# %% ../nbs/37_kv_analyze.ipynb #73cb118d
 def _uuid(rng) -> str:
     h = "".join(rng.choice(list("0123456789abcdef"), 32))
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -129,7 +130,7 @@ def synthetic_store(path, n_per_bin: int = 12, bins: int = 3, budgets: Sequence[
                       ("failed" if r.get("error_type") else "completed", rid, ex))
     return st
 
-# %% ../nbs/37_kv_analyze.ipynb #53287a04
+# %% ../nbs/37_kv_analyze.ipynb #332d9ef3
 def key_seed(seed: int, *key) -> int:
     "A seed for one group: stable across processes and independent of group order."
     return (seed * 1_000_003 + zlib.crc32(repr(tuple(str(k) for k in key)).encode())) % 2**32
@@ -157,7 +158,7 @@ def bootstrap_diff_ci(a, b, level: float = 0.95, n_boot: int = 2000, seed: int =
     s = sa - sb
     return (float(np.quantile(s, (1 - level) / 2)), float(np.quantile(s, (1 + level) / 2)))
 
-# %% ../nbs/37_kv_analyze.ipynb #a6ee61a7
+# %% ../nbs/37_kv_analyze.ipynb #9c65d718
 def _pct(s: pd.Series, q: float) -> float:
     s = s.dropna(); return float(np.percentile(s, q)) if len(s) else math.nan
 
@@ -181,7 +182,7 @@ def summarize(res: pd.DataFrame, metrics: Sequence[str] = ("f1", "em", "contains
     return out.sort_values([c for c in ("task", "press", "budget_kind", "bin") if c in out] + ["budget"],
                            ascending=[True] * (len([c for c in ("task", "press", "budget_kind", "bin") if c in out])) + [False]).reset_index(drop=True)
 
-# %% ../nbs/37_kv_analyze.ipynb #91d950ef
+# %% ../nbs/37_kv_analyze.ipynb #6ce3b09c
 @dataclass
 class Transition:
     "Where a curve collapses: `budget` is None when no step qualifies."
@@ -226,7 +227,7 @@ def detect_transition_ci(samples: Mapping[float, Sequence[float]], threshold: fl
             return Transition(float(cur), float(prev), before, after, before - after, lo, hi, rule)
     return Transition(rule=rule)
 
-# %% ../nbs/37_kv_analyze.ipynb #04e7cd17
+# %% ../nbs/37_kv_analyze.ipynb #4aca6b58
 BASELINE_PRESSES = ("none", "full", "no_press")
 
 def with_baseline(res: pd.DataFrame) -> pd.DataFrame:
@@ -257,7 +258,7 @@ def transitions(res: pd.DataFrame, metric: str = "f1", threshold: float = 0.1, r
                          diff_lo=ci.diff_lo, diff_hi=ci.diff_hi, rule=rule, threshold=threshold))
     return pd.DataFrame(rows)
 
-# %% ../nbs/37_kv_analyze.ipynb #2412cbe7
+# %% ../nbs/37_kv_analyze.ipynb #85dc9d91
 def focus_plan(res: pd.DataFrame, metric: str = "f1", target_width: float = 0.2, cap: int = 100, threshold: float = 0.1,
                rule: str = "diff", level: float = 0.95, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     "Cells (task, press, budget_kind, bin, budget, run_id) next to each transition, with their CI width and `n_more`."
@@ -286,7 +287,7 @@ def focus_plan(res: pd.DataFrame, metric: str = "f1", target_width: float = 0.2,
         rows += cells
     return pd.DataFrame(rows, columns=["task", "press", "budget_kind", "bin", "budget", "run_id", "n", "ci_width", "n_target", "n_more"])
 
-# %% ../nbs/37_kv_analyze.ipynb #1de14c6b
+# %% ../nbs/37_kv_analyze.ipynb #dc8809c4
 def kv_memory(res: pd.DataFrame) -> pd.DataFrame:
     "Measured KV-cache size per (task, press, budget_kind, budget)."
     g = with_baseline(res).groupby(["task", "press", "budget_kind", "budget"])
@@ -309,7 +310,7 @@ def efficiency(res: pd.DataFrame, out_weight: float = 4.0) -> pd.DataFrame:
     return out.drop(columns=["latency_total", "completion_total"]).sort_values(
         ["task", "press", "budget_kind", "budget"], ascending=[True, True, True, False]).reset_index(drop=True)
 
-# %% ../nbs/37_kv_analyze.ipynb #55917f10
+# %% ../nbs/37_kv_analyze.ipynb #5fdf307f
 def _bin_label(sm: pd.DataFrame) -> dict:
     t = sm.groupby("bin").agg(lo=("n_tokens_min", "min"), hi=("n_tokens_max", "max"))
     return {b: f"{b}\n{int(r.lo)}-{int(r.hi)}" if pd.notna(r.lo) else str(b) for b, r in t.iterrows()}
@@ -378,7 +379,7 @@ def plot_latency_memory(res: pd.DataFrame, metric: str = "f1", title: str = ""):
     if title: fig.suptitle(title)
     fig.tight_layout(); return fig
 
-# %% ../nbs/37_kv_analyze.ipynb #3499c96c
+# %% ../nbs/37_kv_analyze.ipynb #07298d92
 TASK_METRICS = {"kv_retrieval": "contains", "synthetic_kv": "contains", "needle": "contains", "nq": "contains"}
 
 def task_metric(task: str, default: str = "f1") -> str:
