@@ -12,7 +12,7 @@ __all__ = ['RECORD_KINDS', 'SOURCE_URLS', 'HUB_EXPORTS', 'DATASETS', 'FV_TASKS',
            'build_stsb', 'read_sick', 'build_sick', 'read_semeval', 'build_semeval', 'build_labelled', 'build_leval',
            'format_kv', 'build_kv', 'build_nq', 'build_longbench', 'load_longbench', 'available']
 
-# %% ../nbs/04_data.ipynb #da254da5
+# %% ../nbs/04_data.ipynb #d9d5a09e
 import builtins, csv, dataclasses, functools, gzip, hashlib, io, json, os, re, zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from .core import paths, logger
 
-# %% ../nbs/04_data.ipynb #b58df436
+# %% ../nbs/04_data.ipynb #982ded33
 class DataError(ValueError):
     "Bad or missing input data; names the file, the line and the field when known."
     def __init__(self, msg: str, file=None, line=None, field: str|None = None):
@@ -29,7 +29,7 @@ class DataError(ValueError):
                                     f"field '{field}'" if field else None) if p)
         super().__init__(f"{loc}: {msg}" if loc else msg)
 
-# %% ../nbs/04_data.ipynb #094e9eee
+# %% ../nbs/04_data.ipynb #84830c46
 @dataclass(frozen=True)
 class ICLPair:
     "One in-context-learning example of a task: `input` -> `output` (function-vector tasks)."
@@ -89,7 +89,7 @@ class Fact:
 
 RECORD_KINDS = {c.__name__: c for c in (ICLPair, SentencePair, LabelledText, LongContextQA, ProblemSolution, Fact)}
 
-# %% ../nbs/04_data.ipynb #1851f802
+# %% ../nbs/04_data.ipynb #11cc75a1
 def content_id(*parts, n: int = 12) -> str:
     "A short stable hash of the parts (joined with a separator that never occurs in text)."
     return hashlib.sha1("\x1f".join(map(str, parts)).encode()).hexdigest()[:n]
@@ -103,7 +103,7 @@ def dedupe_ids(records: list) -> list:
         out.append(r if k == 1 else dataclasses.replace(r, id=f"{r.id}-{k}"))
     return out
 
-# %% ../nbs/04_data.ipynb #cf6bdb86
+# %% ../nbs/04_data.ipynb #8e844875
 @dataclass
 class Row:
     "One source row: its fields, the file it came from and its line (or position such as `samples[3]`)."
@@ -146,7 +146,7 @@ class Row:
         if v not in options: raise self.error(key, f"unknown value {v!r} (expected one of {', '.join(map(str, options))})")
         return v
 
-# %% ../nbs/04_data.ipynb #bab3e870
+# %% ../nbs/04_data.ipynb #b77a9b0f
 def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8", newline="")
 
@@ -239,7 +239,7 @@ def read_csv(path, columns: list[str]) -> Iterator[Row]:
                                 columns[min(len(parts), len(columns) - 1)])
             yield Row(dict(zip(columns, parts)), str(path), line)
 
-# %% ../nbs/04_data.ipynb #68c9024a
+# %% ../nbs/04_data.ipynb #09e56937
 SOURCE_URLS = {
     "function_vectors/dataset_files/": "https://raw.githubusercontent.com/ericwtodd/function_vectors/fb9eac7/dataset_files/",
     "relations_lre/data/": "https://raw.githubusercontent.com/evandez/relations/1b9ec3c/data/",
@@ -266,7 +266,7 @@ def offline() -> bool:
     "True when no download may be attempted (`HF_HUB_OFFLINE=1` or `LABNB_OFFLINE=1`)."
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "LABNB_OFFLINE"))
 
-# %% ../nbs/04_data.ipynb #2780b876
+# %% ../nbs/04_data.ipynb #e9bd7fff
 def _download(url: str, dest: Path) -> Path:
     "Fetch `url` (http(s), file:// or hf://owner/repo/file) to `dest` atomically."
     from labnb.store import atomic_path
@@ -344,7 +344,7 @@ def resolve_file(rel: str, what: str = "") -> Path:
         raise DataError(f"{what}{where} and fetching the public source failed ({type(e).__name__}: {e}); "
                         f"public source: {url}") from None
 
-# %% ../nbs/04_data.ipynb #2eb9cdae
+# %% ../nbs/04_data.ipynb #46457859
 @dataclass(frozen=True)
 class DatasetSpec:
     "A registered dataset: record kind, a mirror-relative file per split (first = default), reader and builder."
@@ -368,7 +368,7 @@ def register(spec: DatasetSpec) -> None:
     "Add (or replace) a dataset in `DATASETS`."
     DATASETS[spec.name] = spec
 
-# %% ../nbs/04_data.ipynb #d8947bab
+# %% ../nbs/04_data.ipynb #f8925d0e
 def list_datasets(prefix: str = "", kind: type|str|None = None) -> list[str]:
     "Registered names, optionally those starting with `prefix` and/or of one record `kind`."
     kn = kind if isinstance(kind, str) or kind is None else kind.__name__
@@ -402,7 +402,7 @@ def _label_file(rel: str) -> list[str]:
         raise DataError("expected a JSON list of class names", path, 1)
     return labels
 
-# %% ../nbs/04_data.ipynb #8298662d
+# %% ../nbs/04_data.ipynb #b6697e99
 @functools.lru_cache(maxsize=64)
 def _load_file(name: str, split: str, path: Path, mtime: float, kw: tuple) -> tuple:
     spec = DATASETS[name]
@@ -428,7 +428,7 @@ def load_dataset(name: str, split: str|None = None, limit: int|None = None, **kw
     recs = _load_file(name, split, path, path.stat().st_mtime, tuple(sorted(kw.items())))
     return list(recs[:limit] if limit is not None else recs)
 
-# %% ../nbs/04_data.ipynb #251d756d
+# %% ../nbs/04_data.ipynb #7599e2e9
 FV_TASKS = {
     "abstractive": "ag_news antonym capitalize capitalize_first_letter capitalize_last_letter capitalize_second_letter "
         "commonsense_qa country-capital country-currency english-french english-german english-spanish landmark-country "
@@ -453,7 +453,7 @@ for _group, _tasks in FV_TASKS.items():
                              read_json_array, build_icl, "ericwtodd/function_vectors (Todd et al., 2024)", _group,
                              options={"task": _t}))
 
-# %% ../nbs/04_data.ipynb #012b0b20
+# %% ../nbs/04_data.ipynb #54c00ebd
 def read_pairs(path) -> Iterator[Row]:
     "Two whitespace-separated columns per line (`source target`)."
     path = Path(path)
@@ -469,7 +469,7 @@ for _lang in ("de", "es", "fr"):
                          read_pairs, build_icl, "MUSE dictionaries (Conneau et al., 2018), via ericwtodd/function_vectors",
                          options={"task": f"en-{_lang}"}))
 
-# %% ../nbs/04_data.ipynb #08902b54
+# %% ../nbs/04_data.ipynb #628c2ffe
 LRE_RELATIONS = {
     "bias": "characteristic_gender degree_gender name_birthplace name_gender name_religion occupation_age occupation_gender".split(),
     "commonsense": "fruit_inside_color fruit_outside_color object_superclass substance_phase task_done_by_person "
@@ -515,7 +515,7 @@ def build_known_fact(row: Row, spec, split):
 register(DatasetSpec("rome/known_1000", Fact, {"all": "rome_known_1000/known_1000.json"}, read_json_array,
                      build_known_fact, "kmeng01/rome data/known_1000.json (Meng et al., 2022)"))
 
-# %% ../nbs/04_data.ipynb #c5373160
+# %% ../nbs/04_data.ipynb #d49467b2
 _FINAL = re.compile(r"\n?####\s*(?P<ans>[^\n]*?)\s*$")
 
 def parse_final_answer(solution: str) -> tuple[str, str]:
@@ -538,7 +538,7 @@ register(DatasetSpec("gsm8k", ProblemSolution, {"test": _GSM + "test.jsonl", "tr
                                                  "socratic_test": _GSM + "test_socratic.jsonl"},
                      read_jsonl, build_gsm8k, "openai/grade-school-math (Cobbe et al., 2021)"))
 
-# %% ../nbs/04_data.ipynb #3e3e39c5
+# %% ../nbs/04_data.ipynb #a919f784
 STSB_COLUMNS = ["genre", "file", "year", "sid", "score", "s1", "s2"]
 
 def read_stsb(path): return read_tsv(path, STSB_COLUMNS, header=False)
@@ -585,11 +585,11 @@ for _name, _subs in SEMEVAL_STS.items():
     register(DatasetSpec(_name, SentencePair, {s: f"embed_bench/semeval_sts/20{_name[3:]}/{s}.tsv" for s in _subs},
                          read_semeval, build_semeval, "SemEval STS shared tasks, via brmson/dataset-sts"))
 
-# %% ../nbs/04_data.ipynb #f7196604
+# %% ../nbs/04_data.ipynb #c77f13ef
 register(DatasetSpec("semeval_sts", SentencePair, {s: f"embed_bench/semeval_sts/all/2015.{s}.tsv" for s in ("test", "train", "val")},
                      read_semeval, build_semeval, "SemEval STS 2012-2015 splits, via brmson/dataset-sts"))
 
-# %% ../nbs/04_data.ipynb #de03ca6c
+# %% ../nbs/04_data.ipynb #0aaf30c7
 def build_labelled(row: Row, spec, split, text: tuple, label: str, offset: int = 0):
     "Build a `LabelledText` from text column(s) and a label column holding a class name or an integer."
     names = label_names(spec.name)
@@ -617,7 +617,7 @@ register(DatasetSpec("ag_news", LabelledText, {"test": "embed_bench/ag_news_test
                      "AG News (Zhang et al., 2015) test csv", labels=("World", "Sports", "Business", "Sci/Tech"),
                      options={"text": ("title", "description"), "label": "label", "offset": 1}))
 
-# %% ../nbs/04_data.ipynb #7fcbebda
+# %% ../nbs/04_data.ipynb #99c38100
 LEVAL_TASKS = {
     "Closed-ended-tasks": "coursera gsm100 quality sci_fi topic_retrieval_longchat tpo".split(),
     "Open-ended-tasks": "financial_qa gov_report_summ legal_contract_qa meeting_summ multidoc_qa natural_question "
@@ -637,7 +637,7 @@ for _group, _tasks in LEVAL_TASKS.items():
         register(DatasetSpec(f"leval/{_t}", LongContextQA, {"test": f"leval/LEval-data/{_group}/{_t}.jsonl"}, read_jsonl,
                              build_leval, "OpenLMLab/LEval (An et al., 2023)", _group.split("-")[0].lower()))
 
-# %% ../nbs/04_data.ipynb #dbf6662a
+# %% ../nbs/04_data.ipynb #042549d3
 def format_kv(records: list) -> str:
     "Key-value pairs as a JSON object with one pair per line."
     return "{" + ",\n ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in records) + "}"
@@ -674,7 +674,7 @@ for _n in (75, 140):
 register(DatasetSpec("litm/nq_oracle", LongContextQA, {"test": f"{_LITM}qa_data/nq-open-oracle.jsonl.gz"}, read_jsonl,
                      build_nq, _LITM_SRC, "qa"))
 
-# %% ../nbs/04_data.ipynb #ac96b3ec
+# %% ../nbs/04_data.ipynb #a828c65b
 LONGBENCH_SUBSETS = ("narrativeqa qasper multifieldqa_en multifieldqa_zh hotpotqa 2wikimqa musique dureader gov_report "
                      "qmsum multi_news vcsum trec triviaqa samsum lsht passage_count passage_retrieval_en "
                      "passage_retrieval_zh lcc repobench-p").split()
@@ -696,7 +696,7 @@ for _s in LONGBENCH_SUBSETS:
     register(DatasetSpec(f"longbench/{_s}", LongContextQA, {"test": f"longbench/data/{_s}.jsonl"}, read_jsonl,
                          build_longbench, "THUDM/LongBench on the Hugging Face hub (Bai et al., 2023)"))
 
-# %% ../nbs/04_data.ipynb #253e83ce
+# %% ../nbs/04_data.ipynb #34d9f6aa
 def available(name: str, split: str|None = None) -> bool:
     "True when the dataset's file for `split` (default: every split) is in the mirror or the download cache (no fetch)."
     spec, mirror, cache = get_spec(name), paths().data, paths().cache / "data"
