@@ -7,7 +7,7 @@ __all__ = ['PRESSES', 'RETRYABLE', 'ENGINES', 'GenRequest', 'GenResult', 'trunca
            'make_press', 'split_prompt', 'count_prompt_tokens', 'cache_bytes', 'TransformersEngine', 'Pacer',
            'OpenAIEngine', 'make_engine']
 
-# %% ../nbs/33_kv_engines.ipynb #35e9eb38
+# %% ../nbs/33_kv_engines.ipynb #4548ed3d
 import contextlib, json, random, threading, time
 from dataclasses import dataclass, field, asdict
 from typing import Any, Callable
@@ -16,7 +16,7 @@ import torch
 
 from .core import logger
 
-# %% ../nbs/33_kv_engines.ipynb #861bbd60
+# %% ../nbs/33_kv_engines.ipynb #8821bea9
 @dataclass
 class GenRequest:
     context: str                   # the compressible part (task template applied, no chat wrapping)
@@ -45,11 +45,13 @@ class GenResult:
         return asdict(self)
 
 def truncate_at_stop(text: str, stop) -> tuple[str, bool]:
-    "Cut `text` at the first stop string; returns (text, whether a stop string was found)."
-    cuts = [i for s in stop or () if s and (i := text.find(s)) >= 0]
+    """Cut `text` at the first stop string after the answer has begun (leading whitespace never stops it: small models
+    often open with a newline); returns (text, whether a stop string was found)."""
+    start = len(text) - len(text.lstrip())
+    cuts = [i for s in stop or () if s and (i := text.find(s, start)) >= 0]
     return (text[:min(cuts)], True) if cuts else (text, False)
 
-# %% ../nbs/33_kv_engines.ipynb #365d9e2b
+# %% ../nbs/33_kv_engines.ipynb #2b5dc9ed
 @dataclass(frozen=True)
 class PressSpec:
     cls: str|None                  # class name in kvpress (None: no compression)
@@ -85,7 +87,7 @@ def make_press(name: str, ratio_removed: float, **overrides):
     import kvpress
     return getattr(kvpress, spec.cls)(compression_ratio=ratio_removed, **{**spec.kwargs, **overrides})
 
-# %% ../nbs/33_kv_engines.ipynb #1693ce84
+# %% ../nbs/33_kv_engines.ipynb #cce13b00
 def split_prompt(tokenizer, context: str, question: str, answer_prefix: str = "", style: str = "plain") -> tuple[str, str]:
     "(context text, question text) exactly as prefilled and then fed by the engines."
     if style == "plain" or tokenizer.chat_template is None:
@@ -101,7 +103,7 @@ def count_prompt_tokens(tokenizer, context: str, question: str, answer_prefix: s
     c, q = split_prompt(tokenizer, context, question, answer_prefix, style)
     return len(tokenizer.encode(c, add_special_tokens=False)) + len(tokenizer.encode(q, add_special_tokens=False))
 
-# %% ../nbs/33_kv_engines.ipynb #0a6c341c
+# %% ../nbs/33_kv_engines.ipynb #8313fec1
 def cache_bytes(cache) -> int:
     "Bytes of all key/value tensors held by a transformers cache."
     return int(sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
@@ -139,7 +141,7 @@ class TransformersEngine:
         return make_press(req.press, compression_ratio(req.budget_kind, req.budget, context_len), **self.press_kwargs.get(req.press, {}))
     def close(self): pass
 
-# %% ../nbs/33_kv_engines.ipynb #9a925582
+# %% ../nbs/33_kv_engines.ipynb #2b1a236e
 @torch.inference_mode()
 def _generate(self, req: GenRequest, on_failure: Callable|None = None) -> GenResult:
     "Answer one request; errors become a result with `error_type='ENGINE_ERROR'` (reported to `on_failure`)."
@@ -179,7 +181,7 @@ def _generate(self, req: GenRequest, on_failure: Callable|None = None) -> GenRes
         return GenResult(error_type="ENGINE_ERROR", error=msg, latency_s=time.perf_counter() - t0)
 TransformersEngine.generate = _generate
 
-# %% ../nbs/33_kv_engines.ipynb #56a091c0
+# %% ../nbs/33_kv_engines.ipynb #2676c69f
 RETRYABLE = {"TIMEOUT", "HTTP_429", "HTTP_5XX", "CONNECTION", "BAD_RESPONSE"}
 
 class Pacer:
@@ -207,7 +209,7 @@ def _retry_after(headers) -> float|None:
     try: return float(headers.get("retry-after"))
     except (TypeError, ValueError): return None
 
-# %% ../nbs/33_kv_engines.ipynb #8f69f06a
+# %% ../nbs/33_kv_engines.ipynb #3ba05ad4
 class OpenAIEngine:
     "An OpenAI-compatible server (`kind` 'chat' or 'completions') with retries, backoff, streaming telemetry and pacing."
     def __init__(self, base_url: str, model: str, kind: str = "chat", api_key: str = "", timeout_s: float = 120.0,
@@ -239,7 +241,7 @@ class OpenAIEngine:
         if retry_after is not None: return min(retry_after, self.backoff_max_s)
         return min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)) * (1 + 0.25 * self.rng.random())
 
-# %% ../nbs/33_kv_engines.ipynb #b303fb3b
+# %% ../nbs/33_kv_engines.ipynb #0f5ae3bd
 def _attempt(self, body: dict, t0: float) -> GenResult:
     "One streamed HTTP attempt; raises `_Failure` with a classified error."
     import httpx
@@ -289,7 +291,7 @@ def _http_generate(self, req: GenRequest, on_failure: Callable|None = None) -> G
             time.sleep(wait)
 OpenAIEngine._attempt, OpenAIEngine.generate = _attempt, _http_generate
 
-# %% ../nbs/33_kv_engines.ipynb #54e62485
+# %% ../nbs/33_kv_engines.ipynb #5797e45f
 ENGINES: dict[str, Callable] = {
     "transformers": lambda c: TransformersEngine(c.model, prompt_style=c.prompt_style, press_kwargs=c.press_kwargs, threads=c.threads),
     "openai_chat": lambda c: OpenAIEngine(c.base_url, c.model, "chat", c.api_key, c.timeout_s, c.max_retries, c.backoff_s,

@@ -6,7 +6,7 @@
 __all__ = ['PROMPTS', 'TASKS', 'PromptTemplate', 'prompt_hash', 'TaskSpec', 'load_tokenizer', 'quantile_bins', 'pool_ranks',
            'templates_of', 'prepare', 'selected_ids', 'read_manifest']
 
-# %% ../nbs/32_kv_prepare.ipynb #9b4d717b
+# %% ../nbs/32_kv_prepare.ipynb #ade51856
 import hashlib, json
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -18,7 +18,7 @@ from .core import paths, logger, now_iso, provenance
 from .store import atomic_write_json
 from .kv_store import KVStore, example_id, dataset_hash
 
-# %% ../nbs/32_kv_prepare.ipynb #6f166ee4
+# %% ../nbs/32_kv_prepare.ipynb #4576447d
 @dataclass(frozen=True)
 class PromptTemplate:
     context: str                   # format string with {context}
@@ -34,7 +34,7 @@ PROMPTS: dict[str, PromptTemplate] = {
     "kv": PromptTemplate("Extract the value of the given key from the records below.\n\n{context}\n\n", "Key: {question}", "Value:"),
     "kv_json": PromptTemplate("Extract the value corresponding to the specified key in the JSON object below.\n\nJSON data:\n{context}\n\n",
                               'Key: "{question}"', "Corresponding value:"),
-    "qa": PromptTemplate("Answer the question from the documents below with a few words.\n\n{context}\n\n", "Question: {question}"),
+    "qa": PromptTemplate("Write a short answer to the question using the documents below.\n\n{context}\n\n", "Question: {question}"),
 }
 
 def prompt_hash(templates: dict[str, str], prompt_style: str) -> str:
@@ -42,7 +42,7 @@ def prompt_hash(templates: dict[str, str], prompt_style: str) -> str:
     d = {t: asdict(PROMPTS[name]) for t, name in sorted(templates.items())}
     return hashlib.sha256(json.dumps([d, prompt_style], sort_keys=True).encode()).hexdigest()[:12]
 
-# %% ../nbs/32_kv_prepare.ipynb #2ff2ceb4
+# %% ../nbs/32_kv_prepare.ipynb #17188c9f
 @dataclass(frozen=True)
 class TaskSpec:
     load: Callable                 # (TaskCfg, seed) -> list[dict(question, context, answers, meta)]
@@ -102,7 +102,7 @@ def _synthetic_kv(cfg, seed: int) -> list[dict]:
                         meta=dict(n_keys=n, gold_index=gold, chance=1 / n)))
     return out
 
-# %% ../nbs/32_kv_prepare.ipynb #8e5421f3
+# %% ../nbs/32_kv_prepare.ipynb #f7aa5e4a
 def _records(cfg, default: str, limit: int|None = None) -> list:
     "Records of a `labnb.data` dataset (`params.dataset` overrides the default name)."
     from labnb.data import load_dataset
@@ -161,7 +161,7 @@ TASKS: dict[str, TaskSpec] = {
     "leval": TaskSpec(_leval, "qa", "an L-Eval JSONL file"),
 }
 
-# %% ../nbs/32_kv_prepare.ipynb #c1914919
+# %% ../nbs/32_kv_prepare.ipynb #b62eae4e
 def load_tokenizer(name: str):
     "The tokenizer of a model name (`tiny-*`: the tiny byte-level one; offline names: their local copy)."
     from labnb import models
@@ -183,7 +183,7 @@ def pool_ranks(ids: list[str], seed: int, *key: int) -> dict[str, int]:
     perm = np.random.default_rng([seed, *key]).permutation(len(ids))
     return {ids[j]: r for r, j in enumerate(perm)}
 
-# %% ../nbs/32_kv_prepare.ipynb #ea21e9ce
+# %% ../nbs/32_kv_prepare.ipynb #2d57a17b
 def templates_of(cfg) -> dict[str, str]:
     "Template name per task of a `KVConfig`."
     return {t.name: t.template or TASKS[t.name].template for t in cfg.prepare.tasks}
