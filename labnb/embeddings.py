@@ -7,7 +7,7 @@ __all__ = ['POOLINGS', 'ENCODERS', 'pool', 'length_order', 'n_hidden_states', 'r
            'tokenizer_id', 'embedding_manifest', 'embedding_entry', 'load_embeddings', 'precompute_embeddings',
            'EncoderSpec', 'encoder_spec', 'load_encoder', 'embed_texts', 'tiny_encoder']
 
-# %% ../nbs/10_embeddings.ipynb #2c64e55b
+# %% ../nbs/10_embeddings.ipynb #3f25ec55
 import hashlib, json, re, shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ import torch
 from .core import logger, paths
 from .store import ArrayCache, CacheMismatch, ChunkedArray
 
-# %% ../nbs/10_embeddings.ipynb #c16ac153
+# %% ../nbs/10_embeddings.ipynb #970335af
 def _mean_pool(h, mask):  # h: [batch, seq, d], mask: [batch, seq]
     m = mask.to(h.dtype).unsqueeze(-1)
     return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
@@ -39,7 +39,7 @@ def pool(h, mask, pooling: str = "mean"):  # h: [batch, seq, d], mask: [batch, s
     if pooling not in POOLINGS: raise ValueError(f"pooling: unknown {pooling!r} (known: {', '.join(POOLINGS)})")
     return POOLINGS[pooling](h, mask)
 
-# %% ../nbs/10_embeddings.ipynb #e52f62a3
+# %% ../nbs/10_embeddings.ipynb #f1a4b51a
 def _tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
     enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False,
                     return_attention_mask=False, return_token_type_ids=False)
@@ -59,7 +59,7 @@ def length_order(lengths) -> np.ndarray:
     "Indices sorting items longest first (stable, so reruns batch identically)."
     return np.argsort(-np.asarray(lengths), kind="stable")
 
-# %% ../nbs/10_embeddings.ipynb #4d5cab99
+# %% ../nbs/10_embeddings.ipynb #56cdb3a3
 def _backbone(model):
     "The model without its task head (a causal LM's base transformer), when it has one."
     base = getattr(model, "base_model", None)
@@ -123,7 +123,7 @@ def encode_batch(model, input_ids, attention_mask, layers: Sequence[int], poolin
         res[l] = v.cpu().numpy()
     return res
 
-# %% ../nbs/10_embeddings.ipynb #75502743
+# %% ../nbs/10_embeddings.ipynb #ce8b8d8a
 def texts_sha256(texts: Sequence[str]) -> str:
     "Hash of a list of texts (order matters)."
     h = hashlib.sha256()
@@ -159,7 +159,7 @@ def load_embeddings(name: str, cache: ArrayCache|None = None, mmap: bool = True,
     cache = cache or ArrayCache()
     return cache.load(name, expected or None, mmap=mmap)["emb"]
 
-# %% ../nbs/10_embeddings.ipynb #c0f9cd2f
+# %% ../nbs/10_embeddings.ipynb #69a76aa4
 def _pad_side(tokenizer) -> str: return getattr(tokenizer, "padding_side", "right") or "right"
 
 def _pad_id(tokenizer) -> int:
@@ -176,7 +176,7 @@ def _encode_rows(model, tokenizer, ids, order, layers, pooling, normalize, batch
         for l, v in encode_batch(model, inp, mask, layers, pooling, normalize).items(): parts[l].append(v)
     return {l: np.concatenate(p) for l, p in parts.items()}
 
-# %% ../nbs/10_embeddings.ipynb #d1ad9d62
+# %% ../nbs/10_embeddings.ipynb #361266db
 def precompute_embeddings(model, tokenizer, texts: Sequence[str], *, layers: Sequence[int] = (-1,),
                           pooling: Literal["mean", "cls", "last"] = "mean", normalize: bool = False,
                           batch_size: int = 32, max_length: int = 256, model_id: str, revision: str = "main",
@@ -207,7 +207,7 @@ def precompute_embeddings(model, tokenizer, texts: Sequence[str], *, layers: Seq
         if cache is None:
             sorted_out = _encode_rows(model, tokenizer, ids, order, todo, pooling, normalize, batch_size, progress)
         else:
-            job = f"{names[todo[0]].rsplit('/', 1)[0]}/_job-{pooling}-" + "_".join(map(str, todo)) + f"-len{max_length}" + ("-norm" if normalize else "")
+            job = f"{names[todo[0]].rsplit('/', 1)[0]}/_job-{pooling}-" + "_".join(map(str, todo)) + f"-len{max_length}-c{chunk_size}" + ("-norm" if normalize else "")
             job_man = {**man[todo[0]], "layer": todo, "order_sha256": hashlib.sha256(order.tobytes()).hexdigest()}
             def compute(s, e):
                 res = _encode_rows(model, tokenizer, ids, order[s:e], todo, pooling, normalize, batch_size)
@@ -223,7 +223,7 @@ def precompute_embeddings(model, tokenizer, texts: Sequence[str], *, layers: Seq
         if cache is not None: shutil.rmtree(cache.entry(job), ignore_errors=True)
     return {req: got[l] for req, l in zip(layers, resolved)}
 
-# %% ../nbs/10_embeddings.ipynb #ca222f5c
+# %% ../nbs/10_embeddings.ipynb #316261d2
 @dataclass(frozen=True)
 class EncoderSpec:
     "A named encoder: the id and revision recorded in manifests, its default pooling, and a local loader."
@@ -250,7 +250,7 @@ def load_encoder(name: str):
     model, tok = load_model(spec.models_name, device="cpu")
     return model.eval(), tok, spec
 
-# %% ../nbs/10_embeddings.ipynb #1c0004a9
+# %% ../nbs/10_embeddings.ipynb #8fe6191e
 def _cached_layers(spec, texts_sha, layers, pooling, normalize, max_length, dataset, text_field, cache):
     "{requested layer: array} if every layer is cached for this encoder (negative layers need the model: None)."
     out = {}
@@ -266,7 +266,8 @@ _ENCODER_MEMO: dict = {}
 
 def embed_texts(encoder: str, texts: Sequence[str], *, layers: Sequence[int] = (-1,), pooling: str|None = None,
                 normalize: bool = False, batch_size: int = 32, max_length: int = 256, dataset: str = "",
-                text_field: str = "", cache: ArrayCache|None = None, progress: bool = True) -> dict[int, np.ndarray]:
+                text_field: str = "", cache: ArrayCache|None = None, chunk_size: int = 256,
+                progress: bool = True) -> dict[int, np.ndarray]:
     "Cached embeddings of `texts` by a registered encoder (loaded once per process, and only when needed)."
     spec, cache = encoder_spec(encoder), cache or ArrayCache()
     pooling = pooling or spec.pooling
@@ -276,9 +277,10 @@ def embed_texts(encoder: str, texts: Sequence[str], *, layers: Sequence[int] = (
     model, tok, _ = _ENCODER_MEMO[encoder]
     return precompute_embeddings(model, tok, texts, layers=layers, pooling=pooling, normalize=normalize,
                                  batch_size=batch_size, max_length=max_length, model_id=spec.model_id,
-                                 revision=spec.revision, dataset=dataset, text_field=text_field, cache=cache, progress=progress)
+                                 revision=spec.revision, dataset=dataset, text_field=text_field, cache=cache,
+                                 chunk_size=chunk_size, progress=progress)
 
-# %% ../nbs/10_embeddings.ipynb #bc988e54
+# %% ../nbs/10_embeddings.ipynb #78129987
 def tiny_encoder(seed: int = 0, n_layers: int = 2, d: int = 32):
     "A random tiny BERT and a character-level tokenizer (tests and examples)."
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast

@@ -6,9 +6,10 @@
 __all__ = ['ACTIVATIONS', 'INPUT_MODES', 'CONTROLS', 'BASELINES', 'PAIR_FIELDS', 'RNDConfig', 'RunningMeanStd', 'mlp', 'RND',
            'PairInputs', 'score', 'train_rnd', 'calibrate', 'cohens_d', 'auroc', 'novelty_stats', 'derangement',
            'check_differs', 'shuffled_control', 'gaussian_control', 'make_controls', 'knn_scores', 'mahalanobis_scores',
-           'pair_texts', 'GroupSpec', 'pair_embeddings', 'evaluate']
+           'pair_texts', 'GroupSpec', 'pair_embeddings', 'evaluate', 'NoveltyExperiment', 'run_seeds', 'stats_table',
+           'summarize', 'curves_table', 'scores_table']
 
-# %% ../nbs/11_rnd.ipynb #432be1d6
+# %% ../nbs/11_rnd.ipynb #8722c426
 import math
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
@@ -20,7 +21,7 @@ from torch import nn
 from .core import Config, ConfigError, logger, seed_everything
 from .embeddings import embed_texts
 
-# %% ../nbs/11_rnd.ipynb #f76b952a
+# %% ../nbs/11_rnd.ipynb #a237e82f
 ACTIVATIONS: dict[str, type] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU}
 
 @dataclass
@@ -47,7 +48,7 @@ class RNDConfig(Config):
         if self.lr <= 0: raise ConfigError("lr", f"must be > 0, got {self.lr}")
         if self.clip <= 0: raise ConfigError("clip", f"must be > 0, got {self.clip}")
 
-# %% ../nbs/11_rnd.ipynb #1640e4f9
+# %% ../nbs/11_rnd.ipynb #8edd8874
 class RunningMeanStd(nn.Module):
     "Running per-feature mean and variance; `normalize` whitens and clips."
     def __init__(self, dim: int, clip: float = 5.0, eps: float = 1e-8):
@@ -68,7 +69,7 @@ class RunningMeanStd(nn.Module):
         z = (x - self.mean.to(x.dtype)) / torch.sqrt(self.var.to(x.dtype) + self.eps)
         return z.clamp(-self.clip, self.clip)
 
-# %% ../nbs/11_rnd.ipynb #2017cef6
+# %% ../nbs/11_rnd.ipynb #2efa4ea5
 def mlp(d_in: int, hidden: Sequence[int], d_out: int, activation: str = "relu") -> nn.Sequential:
     "An MLP with orthogonal init (gain sqrt(2) on hidden layers, 1 on the output layer), zero biases."
     dims, layers = [d_in, *hidden], []
@@ -93,7 +94,7 @@ class RND(nn.Module):
         z = self.prepare(x)
         return (self.predictor(z) - self.target(z)).pow(2).mean(-1)
 
-# %% ../nbs/11_rnd.ipynb #4b23d6a4
+# %% ../nbs/11_rnd.ipynb #8ec5bc1d
 class PairInputs:
     "RND inputs built on the fly from problem and answer embedding arrays (memory-mapped or not)."
     def __init__(self, problem, answer, mode: str = "concat"):
@@ -116,7 +117,7 @@ def _rows(X, idx) -> torch.Tensor:
 
 def _dim(X) -> int: return X.dim if isinstance(X, PairInputs) else X.shape[1]
 
-# %% ../nbs/11_rnd.ipynb #1bf9d392
+# %% ../nbs/11_rnd.ipynb #253bed36
 @torch.no_grad()
 def score(model: RND, X, batch_size: int = 1024) -> np.ndarray:
     "Per-item prediction error (the novelty score) of every row of `X`."
@@ -145,7 +146,7 @@ def train_rnd(X, cfg: RNDConfig, X_val=None, progress: bool = False, reload=None
             xb, _ = _rows(X, perm[s:s + cfg.batch_size])
             loss = model(xb).mean()
             opt.zero_grad(); loss.backward(); opt.step()
-            tot += float(loss) * len(xb)
+            tot += float(loss.detach()) * len(xb)
         hist["epoch"].append(ep + 1); hist["train_loss"].append(tot / len(X)); hist["seconds"].append(time.time() - t0)
         hist["val_loss"].append(float(score(model, X_val).mean()) if X_val is not None else float("nan"))
     return model, hist
@@ -155,7 +156,7 @@ def calibrate(scores, train_scores) -> np.ndarray:
     ref = np.sort(np.asarray(train_scores))
     return 100.0 * np.searchsorted(ref, np.asarray(scores), side="right") / len(ref)
 
-# %% ../nbs/11_rnd.ipynb #00f848b7
+# %% ../nbs/11_rnd.ipynb #adf34b5e
 def cohens_d(a, b) -> float:
     "Cohen's d of `a` against `b` with the pooled standard deviation."
     a, b = np.asarray(a, float), np.asarray(b, float)
@@ -182,7 +183,7 @@ def novelty_stats(scores: dict, reference: str = "seen") -> dict:
         out[g] = row
     return out
 
-# %% ../nbs/11_rnd.ipynb #c314356f
+# %% ../nbs/11_rnd.ipynb #44289560
 def derangement(n: int, rng) -> np.ndarray:
     "A random permutation of range(n) with no fixed point (n >= 2)."
     if n < 2: raise ValueError(f"a derangement needs n >= 2, got {n}")
@@ -227,7 +228,7 @@ def make_controls(problem, answer, mode: str, rng, controls: Sequence[str] = tup
         check_differs(out[c], held.materialize(), c)
     return out
 
-# %% ../nbs/11_rnd.ipynb #86e32985
+# %% ../nbs/11_rnd.ipynb #f6d132fa
 def _standardize(train, *others):
     mu, sd = train.mean(0), train.std(0) + 1e-6
     return [(x - mu) / sd for x in (train, *others)]
@@ -248,7 +249,7 @@ def mahalanobis_scores(train, groups: dict) -> dict:
 
 BASELINES = {"knn": knn_scores, "mahalanobis": mahalanobis_scores}
 
-# %% ../nbs/11_rnd.ipynb #6f6cdc68
+# %% ../nbs/11_rnd.ipynb #640d57e0
 def _gsm8k_pair(r): return r.problem, f"{r.solution}\n#### {r.answer}"
 def _sentence_pair(r): return r.s1, r.s2
 def _icl_pair(r): return r.input, r.output
@@ -285,7 +286,7 @@ def pair_embeddings(groups: dict[str, GroupSpec], encoder: str, layer: int, pool
                        for t, f in ((p, "problem"), (a, "answer")))
     return out
 
-# %% ../nbs/11_rnd.ipynb #bdda1f97
+# %% ../nbs/11_rnd.ipynb #8ad2fee0
 def evaluate(emb: dict, cfg: RNDConfig, train: str = "train", reference: str = "seen",
              baselines: Sequence[str] = tuple(BASELINES), controls: Sequence[str] = tuple(CONTROLS)) -> dict:
     "Train on `emb[train]`, score all groups + controls -> {'stats', 'baselines', 'scores', 'history'}."
@@ -306,3 +307,100 @@ def evaluate(emb: dict, cfg: RNDConfig, train: str = "train", reference: str = "
             base[b] = {g: auroc(s, bs[reference]) for g, s in bs.items() if g != reference}
     return {"stats": novelty_stats(scores, reference), "baselines": base, "scores": scores, "train_scores": train_scores,
             "calibrated": {g: calibrate(s, train_scores) for g, s in scores.items()}, "history": hist}
+
+# %% ../nbs/11_rnd.ipynb #66ca8c53
+@dataclass
+class NoveltyExperiment(Config):
+    "Data, encoder and seeds of an RND novelty evaluation."
+    encoder: str = "minilm"                # key of labnb.embeddings.ENCODERS
+    layer: int = 6                         # hidden-state index (0 = embedding output)
+    pooling: str = "mean"
+    normalize_embeddings: bool = False     # L2-normalize pooled embeddings
+    max_length: int = 256
+    train_dataset: str = "gsm8k"
+    train_split: str = "train"
+    n_train: int = 1000
+    heldout_split: str = "test"            # held-out items of the seen domain
+    n_heldout: int = 300
+    unseen_dataset: str = "stsb"
+    unseen_split: str = "train"
+    n_unseen: int = 300
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    rnd: RNDConfig = field(default_factory=RNDConfig)
+    def validate(self):
+        from labnb.embeddings import ENCODERS, POOLINGS
+        if self.encoder not in ENCODERS: raise ConfigError("encoder", f"unknown {self.encoder!r} (known: {', '.join(ENCODERS)})")
+        if self.pooling not in POOLINGS: raise ConfigError("pooling", f"unknown {self.pooling!r} (known: {', '.join(POOLINGS)})")
+        for k in ("n_train", "n_heldout", "n_unseen"):
+            if getattr(self, k) < 2: raise ConfigError(k, f"must be >= 2, got {getattr(self, k)}")
+        if not self.seeds: raise ConfigError("seeds", "need at least one seed")
+        if self.train_dataset == self.unseen_dataset: raise ConfigError("unseen_dataset", "must differ from train_dataset")
+    def groups(self) -> dict[str, GroupSpec]:
+        return {"train": GroupSpec(self.train_dataset, self.train_split, self.n_train),
+                "seen": GroupSpec(self.train_dataset, self.heldout_split, self.n_heldout),
+                "unseen": GroupSpec(self.unseen_dataset, self.unseen_split, self.n_unseen)}
+    def embeddings(self, progress: bool = True) -> dict:
+        return pair_embeddings(self.groups(), self.encoder, self.layer, self.pooling, self.normalize_embeddings,
+                               self.max_length, progress=progress)
+
+# %% ../nbs/11_rnd.ipynb #0710c0d9
+def _save_seed(path, res: dict):
+    from labnb.store import atomic_path, atomic_write_json
+    arrays = {f"score__{g}": s for g, s in res["scores"].items()} | {"train_scores": res["train_scores"]}
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as f: np.savez(f, **arrays)
+    atomic_write_json(path.with_suffix(".json"), {k: res[k] for k in ("stats", "baselines", "history")})
+
+def _load_seed(path) -> dict:
+    from labnb.store import read_json
+    d = read_json(path.with_suffix(".json"))
+    with np.load(path) as z:
+        d["scores"] = {k[len("score__"):]: z[k] for k in z.files if k.startswith("score__")}
+        d["train_scores"] = z["train_scores"]
+    return d
+
+def run_seeds(emb: dict, cfg: RNDConfig, seeds: Sequence[int], run=None, progress: bool = True, **kw) -> dict[int, dict]:
+    "`evaluate` for each seed -> {seed: result}; with a run folder, finished seeds are loaded, not recomputed."
+    from tqdm.auto import tqdm
+    out = {}
+    for s in tqdm(seeds, desc="seeds", disable=not progress):
+        f = (run / f"seed_{s}.npz") if run is not None else None
+        if f is not None and f.exists() and f.with_suffix(".json").exists(): out[s] = _load_seed(f); continue
+        out[s] = evaluate(emb, cfg.replace(seed=int(s)), **kw)
+        if f is not None: _save_seed(f, out[s])
+    return out
+
+def stats_table(results: dict[int, dict]):
+    "Long table: seed, method (rnd / baselines), group, mse, ratio, cohens_d, auroc."
+    import pandas as pd
+    rows = []
+    for s, r in results.items():
+        for g, st in r["stats"].items(): rows.append({"seed": s, "method": "rnd", "group": g, **st})
+        for b, per in r["baselines"].items():
+            for g, a in per.items(): rows.append({"seed": s, "method": b, "group": g, "auroc": a})
+    return pd.DataFrame(rows)
+
+def summarize(results: dict[int, dict]) -> dict:
+    "Nested metrics: {method: {group: {stat_mean, stat_std}}} over seeds, plus the final losses."
+    t = stats_table(results)
+    out: dict = {}
+    for (m, g), d in t.groupby(["method", "group"], sort=False):
+        cols = [c for c in ("mse", "ratio", "cohens_d", "auroc") if c in d and d[c].notna().any()]
+        out.setdefault(m, {})[g] = {f"{c}_{f}": float(getattr(d[c], f)(ddof=0) if f == "std" else d[c].mean())
+                                    for c in cols for f in ("mean", "std")}
+    h = [r["history"] for r in results.values()]
+    out["final_train_loss"] = float(np.mean([x["train_loss"][-1] for x in h]))
+    out["final_val_loss"] = float(np.mean([x["val_loss"][-1] for x in h]))
+    out["n_seeds"] = len(results)
+    return out
+
+def curves_table(results: dict[int, dict]):
+    "Training curves of every seed: seed, epoch, train_loss, val_loss, seconds."
+    import pandas as pd
+    return pd.concat([pd.DataFrame(r["history"]).assign(seed=s) for s, r in results.items()], ignore_index=True)
+
+def scores_table(results: dict[int, dict]):
+    "Per-item scores: seed, group, score, calibrated percentile."
+    import pandas as pd
+    return pd.concat([pd.DataFrame({"seed": s, "group": g, "score": v, "calibrated": calibrate(v, r["train_scores"])})
+                      for s, r in results.items() for g, v in r["scores"].items()], ignore_index=True)
