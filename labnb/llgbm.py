@@ -12,7 +12,7 @@ __all__ = ['EMBEDDERS', 'DEFAULT_TASKS', 'DEFAULT_HELDOUT', 'PRESETS', 'DELTA_ME
            'run_experiment', 'verify_reproducibility', 'delta_silhouette', 'plot_deltas', 'plot_history',
            'plot_composition']
 
-# %% ../nbs/26_llgbm.ipynb #dd9bcff0
+# %% ../nbs/26_llgbm.ipynb #9a99bcc5
 import dataclasses, hashlib, itertools, json, math, random, re, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,7 @@ from .lora import (LoraSpec, TeacherConfig, LoraLayout, lora_layout, flatten_lor
                         train_teacher, save_adapter, load_adapter, task_pairs, split_pairs, answer_metrics, lora_forward)
 from .deltas import ProbeConfig, DeltaConfig, probe_set, base_states, delta_activations, compute_deltas, AGGREGATES
 
-# %% ../nbs/26_llgbm.ipynb #bf2bbd9a
+# %% ../nbs/26_llgbm.ipynb #5c1c0bfa
 def _hash_embed(texts: Sequence[str]) -> np.ndarray:
     out = np.zeros((len(texts), 256), np.float32)
     for i, t in enumerate(texts):
@@ -59,7 +59,7 @@ def describe(emb: np.ndarray, k: int, rng: random.Random) -> np.ndarray:  # emb:
     "Mean embedding of `k` examples drawn with `rng`."
     return emb[rng.sample(range(len(emb)), min(k, len(emb)))].mean(0)
 
-# %% ../nbs/26_llgbm.ipynb #276976e7
+# %% ../nbs/26_llgbm.ipynb #e14b59ab
 @dataclass
 class ModelConfig(Config):
     "The frozen base model: an offline name of `labnb.models` or `tiny-<arch>` (random, tests)."
@@ -119,7 +119,7 @@ DEFAULT_TASKS = {"fv/antonym": "linguistic", "fv/present-past": "linguistic", "f
                  "fv/capitalize_first_letter": "symbolic", "fv/next_item": "symbolic", "fv/lowercase_first_letter": "symbolic"}
 DEFAULT_HELDOUT = ["fv/singular-plural", "fv/english-spanish", "fv/product-company", "fv/lowercase_first_letter"]
 
-# %% ../nbs/26_llgbm.ipynb #8810bee9
+# %% ../nbs/26_llgbm.ipynb #00061fc9
 PRESETS: dict[str, dict] = {
     "baseline":    {"train.weight_loss": 1.0, "train.delta_loss": 0.0},
     "delta_multi": {"train.weight_loss": 1.0, "train.delta_loss": 1.0, "train.delta_warmup": 10, "train.delta_ramp": 20},
@@ -146,7 +146,7 @@ def read_config(path) -> ExperimentConfig:
     from labnb.core import read_yaml
     return ExperimentConfig.from_dict(read_yaml(path), source=str(path))
 
-# %% ../nbs/26_llgbm.ipynb #b90efb44
+# %% ../nbs/26_llgbm.ipynb #806c80f1
 @dataclass
 class Context:
     "Everything an LLGBM step needs that does not change during an experiment."
@@ -199,7 +199,7 @@ def teacher_table(teachers: dict, cfg: ExperimentConfig) -> pd.DataFrame:
                           "steps": m["steps"], "final_loss": m["final_loss"], "eval_loss": m["eval_loss"],
                           "base_accuracy": m["base_accuracy"], "accuracy": m["accuracy"]} for t, (_, m) in teachers.items()])
 
-# %% ../nbs/26_llgbm.ipynb #fee0faab
+# %% ../nbs/26_llgbm.ipynb #29e27d84
 class LoraGenerator(nn.Module):
     "Task embedding `[batch, d_in]` -> flattened LoRA factors `[batch, n_params]`."
     def __init__(self, d_in: int, layout: LoraLayout, hidden: int, mean: torch.Tensor, scale: torch.Tensor, init_std: float = 1e-3):
@@ -237,7 +237,7 @@ DELTA_METRICS = {
     "cosine": lambda d, t: (1 - nn.functional.cosine_similarity(d, t, dim=-1)).mean(),
 }
 
-# %% ../nbs/26_llgbm.ipynb #77a5430f
+# %% ../nbs/26_llgbm.ipynb #4ae0f3c5
 @dataclass
 class TeacherData:
     "Teachers of one experiment as tensors: flattened weights and per-probe deltas."
@@ -327,7 +327,7 @@ def load_generator(ctx: Context, run_dir) -> LoraGenerator:
     gen.load_state_dict(state["generator"])
     return gen.eval()
 
-# %% ../nbs/26_llgbm.ipynb #63e4102f
+# %% ../nbs/26_llgbm.ipynb #0f4d6ed6
 def task_description(cfg: ExperimentConfig, emb: np.ndarray, task: str) -> np.ndarray:
     "The fixed evaluation embedding of a task (seeded by the task name)."
     return describe(emb, cfg.generator.n_examples, random.Random(f"{cfg.train.seed}-{task}"))
@@ -372,7 +372,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     "Mean accuracy / loss / delta cosine per split and method."
     return df.groupby(["split", "method"], sort=False)[["accuracy", "loss", "delta_cos"]].mean().round(4)
 
-# %% ../nbs/26_llgbm.ipynb #fef7d179
+# %% ../nbs/26_llgbm.ipynb #efaab1bf
 def faiss_top1(db: np.ndarray, queries: np.ndarray) -> np.ndarray:  # db: [n, d], queries: [m, d] -> [m]
     "Index of the most cosine-similar row of `db` for each query (faiss flat inner-product index)."
     import faiss
@@ -422,15 +422,21 @@ def composition(ctx: Context, teachers: dict, pairs: Sequence[tuple[str, str]], 
         rows.append(row)
     return pd.DataFrame(rows)
 
-# %% ../nbs/26_llgbm.ipynb #c51b38b0
+# %% ../nbs/26_llgbm.ipynb #51ab5d93
 def _methods(ctx, teachers, gens) -> dict:
     return {"base": None, "mean_teachers": mean_teacher(teachers, ctx.cfg.train_tasks),
             "teacher": {t: teachers[t][0] for t in teachers}, "generated": gens}
 
+def _context_for(cfg: ExperimentConfig, ctx: Context|None) -> Context:
+    "`ctx` if it was made for `cfg`, else a new context (reusing `ctx`'s model when it is the same model)."
+    if ctx is not None and ctx.cfg.config_hash() == cfg.config_hash(): return ctx
+    if ctx is not None and ctx.cfg.model == cfg.model: return setup(cfg, ctx.model, ctx.tok)
+    return setup(cfg)
+
 def run_experiment(cfg: ExperimentConfig, run_dir, ctx: Context|None = None, progress: bool = True) -> dict:
     "Train/resume and evaluate one preset in `run_dir`; returns the metrics (also written to `metrics.json`)."
     run_dir = Path(run_dir)
-    ctx = ctx if ctx is not None and ctx.cfg.config_hash() == cfg.config_hash() else setup(cfg, *(ctx and (ctx.model, ctx.tok) or ()))
+    ctx = _context_for(cfg, ctx)
     teachers = ensure_teachers(ctx, progress=progress)
     td, emb = teacher_data(ctx, teachers, progress), task_embeddings(cfg)
     gen, hist = train_generator(ctx, td, emb, run_dir, progress)
@@ -453,7 +459,7 @@ def verify_reproducibility(run_dir, tol: float = 1e-5, ctx: Context|None = None,
     for f in ("config.yaml", "generator.pt", "eval.csv"):
         if not (run_dir / f).exists(): raise FileNotFoundError(f"{run_dir / f} is missing: not a finished llgbm run")
     cfg = read_config(run_dir / "config.yaml")
-    ctx = ctx if ctx is not None and ctx.cfg.config_hash() == cfg.config_hash() else setup(cfg, *(ctx and (ctx.model, ctx.tok) or ()))
+    ctx = _context_for(cfg, ctx)
     teachers = ensure_teachers(ctx, progress=progress)
     gen = load_generator(ctx, run_dir)
     emb = task_embeddings(cfg)
@@ -464,7 +470,7 @@ def verify_reproducibility(run_dir, tol: float = 1e-5, ctx: Context|None = None,
     ok = len(m) == len(old) == len(new) and all(v <= tol for v in diffs.values()) and (m["config_hash_saved"] == m["config_hash_rerun"]).all()
     return {"ok": bool(ok), "tol": tol, "max_abs_diff": diffs, "n_compared": len(m), "config_hash": cfg.config_hash()}
 
-# %% ../nbs/26_llgbm.ipynb #0ec73156
+# %% ../nbs/26_llgbm.ipynb #4edeed84
 def delta_silhouette(deltas: np.ndarray, labels: Sequence[str]) -> float:
     "Silhouette score (cosine) of `labels` clusters of the deltas; nan when it is undefined."
     from sklearn.metrics import silhouette_score
