@@ -7,8 +7,8 @@ __all__ = ['CLUSTERS', 'EXECUTORS', 'ClusterConfig', 'SweepRun', 'Sweep', 'load_
            'read_index', 'execute_unit', 'LocalExecutor', 'local_cluster', 'slurm_cluster', 'DaskExecutor',
            'slurm_job_script', 'SweepResult', 'run_sweep', 'sweep_rows', 'status_report']
 
-# %% ../nbs/91_sweep.ipynb #99ab7de7
-import concurrent.futures as cf, itertools, os, time
+# %% ../nbs/91_sweep.ipynb #4e0b8309
+import concurrent.futures as cf, itertools, logging, os, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +20,7 @@ from .core import Config, ConfigError, from_dict, logger, paths, read_yaml, reso
 from .store import RunFolder, StatusTable, atomic_write, read_json
 from .runner import ParamError, find_template, rel_home, run_template, validate_params, make_run_id, template_params, RESERVED
 
-# %% ../nbs/91_sweep.ipynb #7335d203
+# %% ../nbs/91_sweep.ipynb #b3174888
 @dataclass
 class ClusterConfig(Config):
     "Where Dask runs the sweep: a local cluster, SLURM jobs (dask-jobqueue), or an existing scheduler."
@@ -64,7 +64,7 @@ class Sweep:
     @property
     def status(self) -> StatusTable: return StatusTable(self.dir / "status.sqlite")
 
-# %% ../nbs/91_sweep.ipynb #4b6c1a96
+# %% ../nbs/91_sweep.ipynb #c0e0e52e
 _TOP = {"name", "max_parallel", "executor", "cluster", "runs"}
 _BLOCK = {"template", "params", "grid", "list"}
 
@@ -112,7 +112,7 @@ def load_sweep(path) -> Sweep:
     cluster = from_dict(ClusterConfig, d.get("cluster") or {}, source=source, prefix="cluster.")
     return Sweep(str(d.get("name") or path.stem), runs, mp, ex, cluster, source)
 
-# %% ../nbs/91_sweep.ipynb #40426480
+# %% ../nbs/91_sweep.ipynb #55a2617a
 def _flat(d: dict, prefix: str) -> dict:
     out = {}
     for k, v in d.items():
@@ -152,7 +152,7 @@ def read_index(experiment: str) -> pd.DataFrame:
     if not f.exists(): raise FileNotFoundError(f"no index for experiment {experiment!r}: {f} (run a sweep first)")
     return pd.read_csv(f)
 
-# %% ../nbs/91_sweep.ipynb #e20d42ad
+# %% ../nbs/91_sweep.ipynb #65aa10e0
 def execute_unit(home: str, template: str, params: dict, force: bool = False) -> dict:
     "Run one sweep unit (in a worker): the runner's result or error as a plain dict."
     if home and os.environ.get("LABNB_HOME") != home: os.environ["LABNB_HOME"] = home
@@ -160,7 +160,7 @@ def execute_unit(home: str, template: str, params: dict, force: bool = False) ->
     except Exception as e: return {"ok": False, "error": f"{type(e).__name__}: {e}"}
     return {"ok": True, "status": r.status, "run_id": r.run_id, "seconds": round(r.seconds, 3), "params": r.params, "metrics": r.metrics}
 
-# %% ../nbs/91_sweep.ipynb #8b8993b7
+# %% ../nbs/91_sweep.ipynb #790b84e9
 class LocalExecutor:
     "Units in local worker processes."
     def __init__(self, max_parallel: int = 1, cluster: ClusterConfig|None = None):
@@ -173,7 +173,7 @@ class LocalExecutor:
 def local_cluster(cfg: ClusterConfig, max_parallel: int):
     from distributed import LocalCluster
     return LocalCluster(n_workers=cfg.n_workers or max_parallel, threads_per_worker=1, processes=True,
-                        dashboard_address=None, silence_logs="error")
+                        dashboard_address=None, silence_logs=logging.ERROR)
 
 def _slurm_kwargs(cfg: ClusterConfig) -> dict:
     "dask-jobqueue arguments: `processes` workers per job, one thread (one run) each, on `cores` booked CPUs."
@@ -186,7 +186,7 @@ def _slurm_kwargs(cfg: ClusterConfig) -> dict:
 def slurm_cluster(cfg: ClusterConfig, max_parallel: int|None = None):
     "A dask-jobqueue `SLURMCluster` from the `cluster:` section, scaled to `cfg.jobs` jobs."
     from dask_jobqueue import SLURMCluster
-    c = SLURMCluster(dashboard_address=None, silence_logs="error", **_slurm_kwargs(cfg))
+    c = SLURMCluster(dashboard_address=None, **_slurm_kwargs(cfg))
     c.scale(jobs=cfg.jobs)
     return c
 
@@ -211,14 +211,14 @@ class DaskExecutor:
 
 EXECUTORS = {"local": LocalExecutor, "dask": DaskExecutor}
 
-# %% ../nbs/91_sweep.ipynb #f705fbdc
+# %% ../nbs/91_sweep.ipynb #4ca1279d
 def slurm_job_script(cluster: dict|ClusterConfig, scheduler: str = "tcp://SCHEDULER:8786") -> str:
     "The sbatch script dask-jobqueue submits for a `cluster:` section (kind slurm); nothing is submitted."
     from dask_jobqueue.slurm import SLURMJob
     cfg = cluster if isinstance(cluster, ClusterConfig) else from_dict(ClusterConfig, {"kind": "slurm", **cluster}, prefix="cluster.")
     return SLURMJob(scheduler=scheduler, name=f"{cfg.job_name}-worker", **_slurm_kwargs(cfg)).job_script()
 
-# %% ../nbs/91_sweep.ipynb #37c3b026
+# %% ../nbs/91_sweep.ipynb #4bcfe1ce
 @dataclass
 class SweepResult:
     name: str
@@ -273,7 +273,7 @@ def run_sweep(sweep, retry_failed: bool = False, max_parallel: int|None = None, 
     counts = {s: sum(u.status == s for u in rows) for s in ("pending", "running", "completed", "failed", "skipped")}
     return SweepResult(sw.name, counts, [(u.unit, u.error or "") for u in rows if u.status == "failed"], st.path)
 
-# %% ../nbs/91_sweep.ipynb #3a661330
+# %% ../nbs/91_sweep.ipynb #9600da5c
 def _sweep_dir(sweep) -> Path:
     p = Path(sweep)
     name = (yaml.safe_load(p.read_text()) or {}).get("name") or p.stem if p.suffix in (".yaml", ".yml") and p.is_file() else str(sweep)
