@@ -6,10 +6,10 @@
 __all__ = ['RELATION_COLUMNS', 'RELATION_SOURCES', 'PATCH_METHODS', 'read_relation_csv', 'relation_rows', 'build_relation_csv',
            'PromptFormat', 'q_seed', 'sample_trials', 'clean_prompt', 'corrupted_prompt', 'zeroshot_prompt', 'encode',
            'answer_token', 'last_logits', 'target_probs', 'read_last_heads', 'patch_last_heads', 'add_at_last',
-           'score_prompts', 'all_heads', 'patched_probs', 'indirect_effects', 'top_heads', 'random_heads',
-           'head_outputs', 'function_vector', 'jaccard', 'bootstrap_topk', 'plot_aie']
+           'score_prompts', 'prefix_cache', 'score_injected', 'all_heads', 'patched_probs', 'indirect_effects',
+           'top_heads', 'random_heads', 'head_outputs', 'function_vector', 'jaccard', 'bootstrap_topk', 'plot_aie']
 
-# %% ../nbs/20_fv.ipynb #0262771c
+# %% ../nbs/20_fv.ipynb #d6075aa3
 import contextlib, copy, json, zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from .core import Config, ConfigError, paths, logger
 from .store import atomic_path, atomic_write
 from .hooks import edit_heads, hook_module, head_weight
 
-# %% ../nbs/20_fv.ipynb #5f4b6ea9
+# %% ../nbs/20_fv.ipynb #28863e83
 RELATION_COLUMNS = ("q_id", "input", "output")
 
 def read_relation_csv(path) -> pd.DataFrame:
@@ -38,7 +38,7 @@ def read_relation_csv(path) -> pd.DataFrame:
         if len(bad): raise ValueError(f"{path.name}: row {int(bad[0]) + 2}: field {c!r} is empty")
     return df
 
-# %% ../nbs/20_fv.ipynb #61c77220
+# %% ../nbs/20_fv.ipynb #32084aed
 def _fv_rows(name: str) -> list[dict]:
     root = paths().data / "function_vectors" / "dataset_files"
     for sub in ("abstractive", "extractive"):
@@ -78,7 +78,7 @@ def build_relation_csv(sources: dict[str, str]|list[str], name: str = "relationA
     logger.info("wrote %s (%d rows, %d q_ids)", path, sum(map(len, frames)), len(frames))
     return path
 
-# %% ../nbs/20_fv.ipynb #8b8d051d
+# %% ../nbs/20_fv.ipynb #0bba0a8b
 @dataclass
 class PromptFormat(Config):
     "How demonstrations and the query are written."
@@ -120,7 +120,9 @@ def corrupted_prompt(trial: dict, fmt: PromptFormat) -> str:
 
 def zeroshot_prompt(trial: dict, fmt: PromptFormat) -> str: return fmt.query(trial["query"]["input"])
 
-# %% ../nbs/20_fv.ipynb #051e55dd
+# %% ../nbs/20_fv.ipynb #c81b4371
+def _chunks(n: int, size: int): return [(s, min(s + size, n)) for s in range(0, n, size)]
+
 def encode(tok, text: str, special: bool = True) -> list[int]:
     return list(tok(text, add_special_tokens=special)["input_ids"])
 
@@ -151,7 +153,7 @@ def target_probs(logits: torch.Tensor, targets) -> tuple[torch.Tensor, torch.Ten
     p = logits.softmax(-1).gather(1, targets[:, None])[:, 0]
     return p.cpu(), (logits.argmax(-1) == targets).cpu()
 
-# %% ../nbs/20_fv.ipynb #ebd6c396
+# %% ../nbs/20_fv.ipynb #ebb487c5
 @contextlib.contextmanager
 def read_last_heads(model, spec, last: torch.Tensor, store: dict):
     "Record `store[l]` = head outputs at each row's `last` position, [batch, n_heads, d_head], for every layer."
@@ -179,15 +181,22 @@ def patch_last_heads(model, spec, layers: torch.Tensor, heads: torch.Tensor, val
         yield
 
 @contextlib.contextmanager
-def add_at_last(model, spec, layer: int, vectors: torch.Tensor, last: torch.Tensor):
-    "Add `vectors[i]` [d_model] to the output of block `layer` at row i's position `last[i]`."
-    def post(mod, args, out):
-        h = (out[0] if isinstance(out, tuple) else out).clone()    # [batch, seq, d_model]
-        h[torch.arange(h.shape[0]), last.to(h.device)] += vectors.to(h)
-        return (h, *out[1:]) if isinstance(out, tuple) else h
-    with hook_module(spec.block(model, layer), post): yield
+def add_at_last(model, spec, layers, vectors: torch.Tensor, last: torch.Tensor):
+    "Add `vectors[i]` [d_model] to the output of block `layers[i]` (an int: all rows) at row i's position `last[i]`."
+    n = len(vectors)
+    layers = torch.full((n,), int(layers)) if isinstance(layers, int) else torch.as_tensor(layers)
+    def make(l):
+        sel = torch.nonzero(layers == l)[:, 0]
+        def post(mod, args, out):
+            h = (out[0] if isinstance(out, tuple) else out).clone()    # [batch, seq, d_model]
+            h[sel.to(h.device), last[sel].to(h.device)] += vectors[sel].to(h)
+            return (h, *out[1:]) if isinstance(out, tuple) else h
+        return post
+    with contextlib.ExitStack() as st:
+        for l in torch.unique(layers).tolist(): st.enter_context(hook_module(spec.block(model, l), make(l)))
+        yield
 
-# %% ../nbs/20_fv.ipynb #c21640ad
+# %% ../nbs/20_fv.ipynb #f0c2108d
 @torch.no_grad()
 def score_prompts(model, spec, ids: list[list[int]], targets: list[int], batch_size: int = 16, read_heads: bool = False,
                   layer: int|None = None, vectors: torch.Tensor|None = None) -> dict:
@@ -206,9 +215,28 @@ def score_prompts(model, spec, ids: list[list[int]], targets: list[int], batch_s
     if read_heads: out["heads"] = torch.cat(acts)
     return out
 
-# %% ../nbs/20_fv.ipynb #a23c8ad4
-def _chunks(n: int, size: int): return [(s, min(s + size, n)) for s in range(0, n, size)]
+# %% ../nbs/20_fv.ipynb #67749fd4
+@torch.no_grad()
+def prefix_cache(model, ids: list[int]):
+    "Key/value cache of `ids[:-1]` (batch 1)."
+    return model(input_ids=torch.as_tensor(ids[:-1], device=model.device)[None], use_cache=True).past_key_values
 
+@torch.no_grad()
+def score_injected(model, spec, ids: list[int], target: int, layers, vectors: torch.Tensor, batch_size: int = 64,
+                   cache=None) -> dict:
+    "p(target), top-1 for rows i = `ids` with `vectors[i]` added at block `layers[i]`, last token; prefix run once."
+    cache = prefix_cache(model, ids) if cache is None else cache
+    layers = torch.as_tensor(layers)
+    ps, tops = [], []
+    for s, e in _chunks(len(vectors), batch_size):
+        c = copy.deepcopy(cache); c.batch_repeat_interleave(e - s)
+        x = torch.full((e - s, 1), ids[-1], device=model.device)
+        with add_at_last(model, spec, layers[s:e], vectors[s:e], torch.zeros(e - s, dtype=torch.long)):
+            lg = model(input_ids=x, past_key_values=c, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        p, top = target_probs(lg, [target] * (e - s)); ps.append(p); tops.append(top)
+    return {"p": torch.cat(ps), "top1": torch.cat(tops)}
+
+# %% ../nbs/20_fv.ipynb #df2efb42
 def _p_of(logits, target): return logits.float().softmax(-1)[:, target].cpu()
 
 @torch.no_grad()
@@ -254,7 +282,7 @@ def patched_probs(model, spec, ids: list[int], target: int, mean_heads: torch.Te
     ids = torch.as_tensor(ids, device=model.device)
     return PATCH_METHODS[method](model, spec, ids, target, layers, heads, mean_heads[layers, heads], batch_size)
 
-# %% ../nbs/20_fv.ipynb #e19bbddb
+# %% ../nbs/20_fv.ipynb #32152ce8
 def indirect_effects(model, spec, tok, trials: list[dict], fmt: PromptFormat, mean_heads: torch.Tensor,
                      method: str = "prefix", batch_size: int = 64, progress: bool = True) -> tuple[torch.Tensor, list[dict]]:
     "CIE [n_trials, L, H] (p_patched - p_corrupted on corrupted prompts) and per-trial metrics."
@@ -270,7 +298,7 @@ def indirect_effects(model, spec, tok, trials: list[dict], fmt: PromptFormat, me
                         "n_tokens": len(ids), "max_delta_p": float(d.max()), "mean_delta_p": float(d.mean())})
     return torch.stack(cie), metrics
 
-# %% ../nbs/20_fv.ipynb #f426be39
+# %% ../nbs/20_fv.ipynb #2c5d1ee0
 def top_heads(aie: torch.Tensor, k: int) -> list[tuple[int, int, float]]:
     "The k (layer, head, aie) with largest AIE [L, H], best first."
     vals, idx = aie.flatten().topk(min(k, aie.numel()))
@@ -298,7 +326,7 @@ def function_vector(model, spec, mean_heads: torch.Tensor, heads) -> tuple[torch
     for (l, *_), o in zip(heads, outs): by_layer[l] += o
     return by_layer.sum(0), by_layer
 
-# %% ../nbs/20_fv.ipynb #0309b25a
+# %% ../nbs/20_fv.ipynb #89c008cb
 def jaccard(a, b) -> float:
     a, b = set(a), set(b)
     return len(a & b) / len(a | b) if a | b else 1.0
@@ -318,7 +346,7 @@ def bootstrap_topk(cie: torch.Tensor, k: int, n_boot: int = 200, seed: int = 0) 
     return {"k": k, "n_boot": n_boot, "jaccard_vs_full_mean": float(np.mean(jac)), "jaccard_vs_full_std": float(np.std(jac)),
             "jaccard_pairwise_mean": float(np.mean(pair)) if pair else 1.0, "topk_frequency": (freq / n_boot).tolist()}
 
-# %% ../nbs/20_fv.ipynb #d16ddb2e
+# %% ../nbs/20_fv.ipynb #dfff60c9
 def plot_aie(aie: torch.Tensor, top=(), title: str = "", ax=None):
     "AIE heatmap, layers x heads, with the top heads boxed."
     import matplotlib.pyplot as plt

@@ -5,10 +5,10 @@
 # %% auto #0
 __all__ = ['STAGES', 'LAYER_FILES', 'SUMMARY_FILE', 'STAGE_FNS', 'FVConfig', 'q_dir', 'stage_done', 'layer_dir', 'layer_done',
            'qid_complete', 'stage_log', 'QidRun', 'stage_trials', 'stage_stepD', 'load_cie', 'stage_heatmap',
-           'stage_stepE', 'stage_zeroshot', 'eval_layer', 'stage_step6', 'read_icl', 'best_layers', 'run_qid',
-           'write_status_json', 'run_fv_qwise']
+           'stage_stepE', 'stage_zeroshot', 'eval_vectors', 'eval_layer', 'stage_step6', 'read_icl', 'best_layers',
+           'run_qid', 'write_status_json', 'run_fv_qwise', 'run_summary', 'plot_layers', 'plot_qid']
 
-# %% ../nbs/21_fv_qwise.ipynb #92b090f1
+# %% ../nbs/21_fv_qwise.ipynb #3652ef96
 import contextlib, json, logging, re, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +21,10 @@ from .core import Config, ConfigError, logger, provenance
 from .store import StatusTable, atomic_path, atomic_write, atomic_write_json, read_json
 from .models import model_spec, model_meta
 from .fv import (PromptFormat, read_relation_csv, sample_trials, clean_prompt, corrupted_prompt, zeroshot_prompt,
-                      encode, answer_token, score_prompts, indirect_effects, top_heads, random_heads, function_vector,
+                      encode, answer_token, score_prompts, score_injected, prefix_cache, indirect_effects, top_heads, random_heads, function_vector,
                       bootstrap_topk, plot_aie, q_seed, PATCH_METHODS)
 
-# %% ../nbs/21_fv_qwise.ipynb #2593de5a
+# %% ../nbs/21_fv_qwise.ipynb #15ac955e
 @dataclass
 class FVConfig(Config):
     n_demos: int = 9                 # demonstrations per prompt; a q_id needs n_demos + 1 rows
@@ -53,7 +53,7 @@ class FVConfig(Config):
     def trial_key(self) -> dict: return {"n_demos": self.n_demos, "n_trials": self.n_trials, "seed": self.seed,
                                          "prompt": self.prompt.to_dict()}
 
-# %% ../nbs/21_fv_qwise.ipynb #9d810c31
+# %% ../nbs/21_fv_qwise.ipynb #bf305638
 STAGES: dict[str, tuple[str, ...]] = {
     "trials": ("sampled_trials.json",),
     "stepD_aie": ("mean_head_activations.pt", "cie_scores.csv", "aie_scores.csv", "trial_metrics.jsonl"),
@@ -101,7 +101,7 @@ def _save_jsonl(path: Path, rows: list[dict]): atomic_write(path, "".join(json.d
 
 def _read_jsonl(path: Path) -> list[dict]: return [json.loads(l) for l in Path(path).read_text().splitlines() if l]
 
-# %% ../nbs/21_fv_qwise.ipynb #5a57ea6d
+# %% ../nbs/21_fv_qwise.ipynb #254f7f01
 @dataclass
 class QidRun:
     model: object
@@ -191,12 +191,9 @@ def stage_stepE(r: QidRun):
     trials, layer = r.trials, cfg.layer_for(sp.n_layers)
     tg = r.targets(trials)
     out = {"edit_layer": layer, "alpha": 1.0, "fv_norm": float(fv.norm()), "random_norm": float(fv_rnd.norm())}
+    variants = {"no_fv": torch.zeros_like(fv), **_vectors(r)}
     for setting, make in (("shuffled_fewshot", corrupted_prompt), ("zeroshot", zeroshot_prompt)):
-        ids = r.ids(trials, make)
-        out[setting] = {"no_fv": _acc(score_prompts(r.model, sp, ids, tg, cfg.eval_batch))}
-        for name, v in _vectors(r).items():
-            out[setting][name] = _acc(score_prompts(r.model, sp, ids, tg, cfg.eval_batch, layer=layer,
-                                                    vectors=v.expand(len(ids), -1)))
+        out[setting] = eval_vectors(r, r.ids(trials, make), tg, layer, variants)[0]
     atomic_write_json(r.qd / "stepE_eval.json", out)
     logger.info("StepE at layer %d: %s", layer, out)
 
@@ -209,20 +206,23 @@ def stage_zeroshot(r: QidRun):
              "target_token": int(g), "p": float(p), "top1": bool(k)} for t, g, p, k in zip(trials, tg, base["p"], base["top1"])]
     atomic_write_json(r.qd / "sampled_trials_zeroshot.json", {"q_id": r.q_id, "baseline": _acc(base), "prompts": rows})
 
-# %% ../nbs/21_fv_qwise.ipynb #a3040abc
-def eval_layer(r: QidRun, layer: int, ids, tg, vectors: dict[str, torch.Tensor]) -> tuple[dict, list[dict]]:
-    "Accuracy / p(target) per (vector, alpha) with injection at `layer`, and per-trial rows."
-    names = [(n, a) for n in vectors for a in r.cfg.alphas]
-    all_ids = [i for _ in names for i in ids]
-    vecs = torch.cat([a * vectors[n].expand(len(ids), -1) for n, a in names])
-    res = score_prompts(r.model, r.spec, all_ids, tg * len(names), r.cfg.eval_batch, layer=layer, vectors=vecs)
-    summary, rows = {}, []
-    for k, (n, a) in enumerate(names):
-        sl = slice(k * len(ids), (k + 1) * len(ids))
-        summary[f"{n}@{a:g}"] = {"vector": n, "alpha": a, **_acc({"p": res["p"][sl], "top1": res["top1"][sl]})}
-        rows += [{"trial": t, "vector": n, "alpha": a, "p": float(p), "top1": bool(c)}
-                 for t, (p, c) in enumerate(zip(res["p"][sl], res["top1"][sl]))]
+# %% ../nbs/21_fv_qwise.ipynb #fbeae996
+def eval_vectors(r: QidRun, ids, tg, layer: int, variants: dict[str, torch.Tensor], caches=None) -> tuple[dict, list[dict]]:
+    "Accuracy and p(target) of each named vector added at `layer` (last token), and per-trial rows; prefixes cached."
+    names = list(variants)
+    vecs = torch.stack([variants[n] for n in names])               # [n_variants, d_model]
+    res = [score_injected(r.model, r.spec, i, t, [layer] * len(names), vecs, r.cfg.patch_batch,
+                          cache=caches[k] if caches else None) for k, (i, t) in enumerate(zip(ids, tg))]
+    p, top = torch.stack([x["p"] for x in res]), torch.stack([x["top1"] for x in res])   # [n_prompts, n_variants]
+    summary = {n: _acc({"p": p[:, j], "top1": top[:, j]}) for j, n in enumerate(names)}
+    rows = [{"trial": t, "variant": n, "p": float(p[t, j]), "top1": bool(top[t, j])} for t in range(len(ids)) for j, n in enumerate(names)]
     return summary, rows
+
+def eval_layer(r: QidRun, layer: int, ids, tg, vectors: dict[str, torch.Tensor], caches=None) -> tuple[dict, list[dict]]:
+    "Step6 at one layer: every vector at every alpha."
+    variants = {f"{n}@{a:g}": a * v for n, v in vectors.items() for a in r.cfg.alphas}
+    summary, rows = eval_vectors(r, ids, tg, layer, variants, caches)
+    return {k: {"vector": k.split("@")[0], "alpha": float(k.split("@")[1]), **v} for k, v in summary.items()}, rows
 
 def stage_step6(r: QidRun):
     trials, sp = r.trials, r.spec
@@ -230,10 +230,11 @@ def stage_step6(r: QidRun):
     vectors = _vectors(r)
     base = read_json(r.qd / "sampled_trials_zeroshot.json")["baseline"]
     from tqdm.auto import tqdm
-    for l in tqdm(range(sp.n_layers), desc=f"step6 {r.q_id}", disable=not r.progress):
-        if layer_done(r.qd, l): continue
+    todo = [l for l in range(sp.n_layers) if not layer_done(r.qd, l)]
+    caches = [prefix_cache(r.model, i) for i in ids] if todo else None
+    for l in tqdm(todo, desc=f"step6 {r.q_id}", disable=not r.progress):
         t0 = time.time()
-        summary, rows = eval_layer(r, l, ids, tg, vectors)
+        summary, rows = eval_layer(r, l, ids, tg, vectors, caches)
         d = layer_dir(r.qd, l)
         _save_jsonl(d / "trials.jsonl", rows)
         atomic_write_json(d / "results.json", {"layer": l, "results": summary})
@@ -263,7 +264,7 @@ def best_layers(layers: list[dict], base: dict) -> dict:
                   "layers_beating_zeroshot": [l for l, a in enumerate(accs) if a > base["acc"]]}
     return out
 
-# %% ../nbs/21_fv_qwise.ipynb #2656a9f8
+# %% ../nbs/21_fv_qwise.ipynb #f9577463
 STAGE_FNS = {"trials": stage_trials, "stepD_aie": stage_stepD, "heatmap": stage_heatmap, "stepE_fv": stage_stepE,
              "zeroshot": stage_zeroshot}
 
@@ -316,3 +317,43 @@ def run_fv_qwise(model, tok, relations, out_dir, cfg: FVConfig|None = None, q_id
     status.run(list(groups), unit, retry_failed=True, progress=progress, desc="q_ids")
     write_status_json(status, out_dir, extra)
     return read_json(out_dir / "qid_status.json")
+
+# %% ../nbs/21_fv_qwise.ipynb #a3ee5be6
+def run_summary(out_dir) -> pd.DataFrame:
+    "Per (q_id, vector@alpha) results of the completed q_ids of a run folder."
+    out = []
+    for q, st in read_json(Path(out_dir) / "qid_status.json").items():
+        if st["status"] != "completed": continue
+        s = read_json(q_dir(out_dir, q) / SUMMARY_FILE)
+        boot = read_json(q_dir(out_dir, q) / "bootstrap_topk.json")
+        for k, b in s["best"].items():
+            out.append({"q_id": q, "variant": k, "icl_acc": s["icl"]["clean_acc"], "shuffled_acc": s["icl"]["shuffled_acc"],
+                        "zeroshot_acc": s["baseline"]["acc"], "best_layer": b["best_layer"], "best_acc": b["best_acc"],
+                        "best_p": b["best_p"], "n_layers_beating_zeroshot": len(b["layers_beating_zeroshot"]),
+                        "layers_beating_zeroshot": " ".join(map(str, b["layers_beating_zeroshot"])),
+                        "topk_jaccard": boot["jaccard_vs_full_mean"]})
+    return pd.DataFrame(out)
+
+def plot_layers(qd: Path, ax=None, vectors=("fv", "random")):
+    "Accuracy by injection layer for each vector@alpha, with the zero-shot baseline and the clean ICL accuracy."
+    import matplotlib.pyplot as plt
+    s = read_json(Path(qd) / SUMMARY_FILE)
+    if ax is None: _, ax = plt.subplots(figsize=(6, 3.5))
+    keys = [k for k in s["layers"][0] if k != "layer" and k.split("@")[0] in vectors]
+    for k in keys:
+        ax.plot([d["layer"] for d in s["layers"]], [d[k]["acc"] for d in s["layers"]], marker=".",
+                ls="-" if k.startswith("fv") else ":", label=k)
+    ax.axhline(s["baseline"]["acc"], color="k", ls="--", lw=1, label="zero-shot")
+    ax.axhline(s["icl"]["clean_acc"], color="g", ls="-.", lw=1, label="few-shot ICL")
+    ax.set_xlabel("injection layer"); ax.set_ylabel("top-1 accuracy"); ax.set_ylim(-0.03, 1.03)
+    ax.set_title(f"{s['q_id']}: vector added at the last token"); ax.legend(fontsize=7, ncol=2)
+    return ax
+
+def plot_qid(qd: Path):
+    "Heatmap and accuracy-by-layer side by side."
+    import matplotlib.pyplot as plt
+    from PIL import Image
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 1.4]})
+    a.imshow(Image.open(Path(qd) / "heatmap_aie.png")); a.axis("off")
+    plot_layers(qd, b); fig.tight_layout()
+    return fig

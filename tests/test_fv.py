@@ -1,0 +1,122 @@
+"End-to-end checks of the function-vector workflow on tiny random models (seconds)."
+import json, os, signal, subprocess, sys, textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from labnb.models import tiny_model, model_spec
+from labnb.hooks import hook_module, head_weight
+from labnb.fv import (PromptFormat, sample_trials, encode, answer_token, score_prompts, score_injected, indirect_effects,
+                      patched_probs, read_relation_csv, PATCH_METHODS)
+from labnb.fv_qwise import FVConfig, run_fv_qwise, q_dir, layer_dir, LAYER_FILES, SUMMARY_FILE, qid_complete
+
+WORDS = [("hot", "cold"), ("up", "down"), ("big", "small"), ("wet", "dry"), ("old", "new"), ("in", "out"), ("fast", "slow")]
+
+def relation(extra_short: bool = True) -> pd.DataFrame:
+    rows = [{"q_id": "ant", "input": a, "output": b} for a, b in WORDS]
+    if extra_short: rows += [{"q_id": "few", "input": "a", "output": "b"}, {"q_id": "few", "input": "c", "output": "d"}]
+    return pd.DataFrame(rows)
+
+CFG = FVConfig(n_demos=3, n_trials=3, top_k=3, alphas=[1.0, 4.0], n_boot=5)
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_batched_equals_sequential_indirect_effects(arch):
+    model, tok = tiny_model(arch, seed=2)
+    spec = model_spec(model)
+    fmt = PromptFormat()
+    trials = sample_trials(relation(False), n_trials=2, n_demos=3, seed=0)
+    torch.manual_seed(0)
+    mean = torch.randn(spec.n_layers, spec.n_heads, spec.d_head) * 2
+    ref, _ = indirect_effects(model, spec, tok, trials, fmt, mean, "sequential", progress=False)
+    for method in ("batched", "prefix"):
+        got, _ = indirect_effects(model, spec, tok, trials, fmt, mean, method, batch_size=3, progress=False)
+        torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
+    assert ref.abs().max() > 1e-5                       # patching does something: the check can fail
+
+def test_head_slices_are_gqa_correct():
+    "Per-query-head contributions through o_proj slices add up to the o_proj output (4 query heads, 2 KV heads)."
+    model, tok = tiny_model("llama")
+    spec = model_spec(model)
+    assert spec.n_kv_heads < spec.n_heads
+    seen = {}
+    proj = spec.attn_out_proj(model, 1)
+    def grab(mod, args, out): seen["in"], seen["out"] = args[0], out
+    with hook_module(proj, grab), torch.no_grad(): model(input_ids=torch.tensor([encode(tok, "Q: up\nA: down")]))
+    z = seen["in"].view(*seen["in"].shape[:2], spec.n_heads, spec.d_head)
+    total = sum(z[..., h, :] @ head_weight(proj, h, spec.d_head) for h in range(spec.n_heads))
+    bias = proj.bias if proj.bias is not None else 0
+    torch.testing.assert_close(total + bias, seen["out"], atol=1e-5, rtol=1e-5)
+
+def test_no_query_demo_overlap_and_seeded():
+    df = pd.DataFrame({"q_id": "t", "input": [f"w{i}" for i in range(15)], "output": [f"v{i}" for i in range(15)]})
+    for seed in range(20):
+        for t in sample_trials(df, 25, 9, seed):
+            rows = [d["row"] for d in t["demos"]]
+            assert t["query"]["row"] not in rows and len(set(rows)) == 9
+    assert sample_trials(df, 5, 9, 3) == sample_trials(df, 5, 9, 3)
+
+def test_zero_vector_changes_nothing():
+    model, tok = tiny_model("llama")
+    spec = model_spec(model)
+    ids = [encode(tok, "Q: big\nA:"), encode(tok, "Q: fast\nA:")]
+    tg = [answer_token(tok, "small", PromptFormat())] * 2
+    base = score_prompts(model, spec, ids, tg)
+    for layer in range(spec.n_layers):
+        torch.testing.assert_close(score_prompts(model, spec, ids, tg, layer=layer, vectors=torch.zeros(2, spec.d_model))["p"],
+                                   base["p"], atol=0, rtol=0)
+        inj = score_injected(model, spec, ids[0], tg[0], [layer], torch.zeros(1, spec.d_model))
+        torch.testing.assert_close(inj["p"], base["p"][:1], atol=1e-6, rtol=0)
+
+def test_skip_rule_and_status(tmp_path):
+    model, tok = tiny_model("llama")
+    st = run_fv_qwise(model, tok, relation(), tmp_path, CFG, progress=False)
+    assert st["few"]["status"] == "skipped" and "2 rows < n_demos + 1 = 4" in st["few"]["reason"]
+    assert st["ant"]["status"] == "completed"
+    disk = json.loads((tmp_path / "qid_status.json").read_text())
+    assert disk["few"]["status"] == "skipped" and disk["ant"]["status"] == "completed"
+    assert qid_complete(q_dir(tmp_path, "ant"), model_spec(model).n_layers)
+
+def test_bad_relation_file(tmp_path):
+    (tmp_path / "r.csv").write_text("q_id,input,answer\nx,a,b\n")
+    with pytest.raises(ValueError, match="missing column"): read_relation_csv(tmp_path / "r.csv")
+
+KILL_SCRIPT = textwrap.dedent('''
+    import os, signal, sys, pandas as pd
+    import labnb.fv_qwise as fq
+    from labnb.models import tiny_model
+    out, kill = sys.argv[1], sys.argv[2] == "kill"
+    orig = fq.eval_layer
+    def eval_layer(r, layer, *a, **k):
+        if kill and layer == 1: os.kill(os.getpid(), signal.SIGKILL)   # killed mid-Step6, after layer 0 is on disk
+        return orig(r, layer, *a, **k)
+    fq.eval_layer = eval_layer
+    words = {WORDS!r}
+    rel = pd.DataFrame([{{"q_id": "ant", "input": a, "output": b}} for a, b in words])
+    model, tok = tiny_model("llama")
+    cfg = fq.FVConfig(n_demos=3, n_trials=3, top_k=3, alphas=[1.0, 4.0], n_boot=5)
+    fq.run_fv_qwise(model, tok, rel, out, cfg, progress=False)
+''').format(WORDS=WORDS)
+
+def _run(script: Path, out: Path, mode: str):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, str(script), str(out), mode], env=env, capture_output=True, text=True, timeout=300)
+
+def test_resume_after_kill_mid_step6(tmp_path):
+    script = tmp_path / "run.py"; script.write_text(KILL_SCRIPT)
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    p = _run(script, killed, "kill")
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    qd = q_dir(killed, "ant")
+    assert all((layer_dir(qd, 0) / f).exists() for f in LAYER_FILES) and not (layer_dir(qd, 1) / "results.json").exists()
+    status = json.loads((killed / "qid_status.json").read_text())
+    assert status["ant"]["status"] == "running"
+    before = {p: p.stat().st_mtime_ns for p in qd.rglob("*") if p.is_file() and "logs" not in p.parts}
+    p = _run(script, killed, "resume"); assert p.returncode == 0, p.stderr
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert after == before                                                  # nothing completed was recomputed
+    assert json.loads((killed / "qid_status.json").read_text())["ant"]["status"] == "completed"
+    p = _run(script, clean, "resume"); assert p.returncode == 0, p.stderr   # an uninterrupted run for comparison
+    a = json.loads((qd / SUMMARY_FILE).read_text()); b = json.loads((q_dir(clean, "ant") / SUMMARY_FILE).read_text())
+    assert a == b
