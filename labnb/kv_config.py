@@ -6,14 +6,14 @@
 __all__ = ['TaskCfg', 'PrepareCfg', 'EngineCfg', 'FocusCfg', 'RunCfg', 'AnalyzeCfg', 'ReportCfg', 'KVConfig', 'config_dir',
            'experiment_file', 'load_kv_config']
 
-# %% ../nbs/31_kv_config.ipynb #1a62f6b4
+# %% ../nbs/31_kv_config.ipynb #3398814f
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from .core import Config, ConfigError, load_config, paths
 
-# %% ../nbs/31_kv_config.ipynb #ac59e23b
+# %% ../nbs/31_kv_config.ipynb #de052f3f
 @dataclass
 class TaskCfg(Config):
     "One task of the group; `params` go to the task's loader or generator (see `kv_prepare.TASKS`)."
@@ -50,6 +50,7 @@ class EngineCfg(Config):
     backoff_max_s: float = 20.0
     max_rpm: float = 0.0           # pacing: max requests started per minute (0 = unlimited)
     max_concurrency: int = 1       # pacing: requests in flight at once
+    kv_field: bool = True          # send the `kv` budget field (labnb's server); false for public servers (full cache only)
 
 @dataclass
 class FocusCfg(Config):
@@ -83,7 +84,7 @@ class AnalyzeCfg(Config):
 class ReportCfg(Config):
     figures: bool = True           # write figures next to the report
 
-# %% ../nbs/31_kv_config.ipynb #68b54553
+# %% ../nbs/31_kv_config.ipynb #bfd25a6c
 @dataclass
 class KVConfig(Config):
     group: str = "interactive"     # experiment group: results/kv/<group>/kv.sqlite
@@ -115,6 +116,8 @@ class KVConfig(Config):
         if e.max_concurrency < 1: raise ConfigError("engine.max_concurrency", f"must be >= 1, got {e.max_concurrency}")
         for k in ("max_retries", "max_rpm", "backoff_s", "timeout_s"):
             if getattr(e, k) < 0: raise ConfigError(f"engine.{k}", f"must be >= 0, got {getattr(e, k)}")
+        if e.name != "transformers" and not e.kv_field and any(b < 1 or r.budget_kind == "tokens" for b in r.budgets):
+            raise ConfigError("engine.kv_field", "compressed budgets need the kv field (a labnb server); public servers only run the full cache")
         for name in e.press_kwargs:
             if name not in PRESSES: raise ConfigError(f"engine.press_kwargs.{name}", f"unknown press {name!r}")
         if not r.presses: raise ConfigError("run.presses", "at least one press is needed")
@@ -146,7 +149,7 @@ class KVConfig(Config):
     @property
     def budgets_sorted(self) -> list[float]: return sorted(self.run.budgets, reverse=True)
 
-# %% ../nbs/31_kv_config.ipynb #67b69afd
+# %% ../nbs/31_kv_config.ipynb #dc1145d8
 def config_dir() -> Path: return paths().home / "configs" / "kv"
 
 def experiment_file(experiment: str|Path) -> Path:

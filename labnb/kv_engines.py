@@ -7,7 +7,7 @@ __all__ = ['PRESSES', 'RETRYABLE', 'ENGINES', 'GenRequest', 'GenResult', 'trunca
            'make_press', 'split_prompt', 'count_prompt_tokens', 'cache_bytes', 'TransformersEngine', 'Pacer',
            'OpenAIEngine', 'make_engine']
 
-# %% ../nbs/33_kv_engines.ipynb #4548ed3d
+# %% ../nbs/33_kv_engines.ipynb #ceef69b3
 import contextlib, json, random, threading, time
 from dataclasses import dataclass, field, asdict
 from typing import Any, Callable
@@ -16,7 +16,7 @@ import torch
 
 from .core import logger
 
-# %% ../nbs/33_kv_engines.ipynb #8821bea9
+# %% ../nbs/33_kv_engines.ipynb #8b749fc8
 @dataclass
 class GenRequest:
     context: str                   # the compressible part (task template applied, no chat wrapping)
@@ -51,7 +51,7 @@ def truncate_at_stop(text: str, stop) -> tuple[str, bool]:
     cuts = [i for s in stop or () if s and (i := text.find(s, start)) >= 0]
     return (text[:min(cuts)], True) if cuts else (text, False)
 
-# %% ../nbs/33_kv_engines.ipynb #2b5dc9ed
+# %% ../nbs/33_kv_engines.ipynb #0ba19755
 @dataclass(frozen=True)
 class PressSpec:
     cls: str|None                  # class name in kvpress (None: no compression)
@@ -87,7 +87,7 @@ def make_press(name: str, ratio_removed: float, **overrides):
     import kvpress
     return getattr(kvpress, spec.cls)(compression_ratio=ratio_removed, **{**spec.kwargs, **overrides})
 
-# %% ../nbs/33_kv_engines.ipynb #cce13b00
+# %% ../nbs/33_kv_engines.ipynb #8569873b
 def split_prompt(tokenizer, context: str, question: str, answer_prefix: str = "", style: str = "plain") -> tuple[str, str]:
     "(context text, question text) exactly as prefilled and then fed by the engines."
     if style == "plain" or tokenizer.chat_template is None:
@@ -103,7 +103,7 @@ def count_prompt_tokens(tokenizer, context: str, question: str, answer_prefix: s
     c, q = split_prompt(tokenizer, context, question, answer_prefix, style)
     return len(tokenizer.encode(c, add_special_tokens=False)) + len(tokenizer.encode(q, add_special_tokens=False))
 
-# %% ../nbs/33_kv_engines.ipynb #8313fec1
+# %% ../nbs/33_kv_engines.ipynb #a7619dfb
 def cache_bytes(cache) -> int:
     "Bytes of all key/value tensors held by a transformers cache."
     return int(sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
@@ -141,10 +141,25 @@ class TransformersEngine:
         return make_press(req.press, compression_ratio(req.budget_kind, req.budget, context_len), **self.press_kwargs.get(req.press, {}))
     def close(self): pass
 
-# %% ../nbs/33_kv_engines.ipynb #2b1a236e
+# %% ../nbs/33_kv_engines.ipynb #c219565c
+class _Emitter:
+    "Streams the decoded answer as deltas, holding back a possible stop-string prefix or a partial character."
+    def __init__(self, tokenizer, stop, fn):
+        self.tok, self.stop, self.fn, self.sent = tokenizer, [s for s in stop or () if s], fn, 0
+        self.hold = max((len(s) for s in self.stop), default=1) - 1
+    def __call__(self, ids):
+        if self.fn is None: return
+        text, _ = truncate_at_stop(self.tok.decode(torch.stack(ids), skip_special_tokens=True), self.stop)
+        safe = len(text) - self.hold if self.stop else len(text)
+        while safe > self.sent and text[safe - 1] == "\ufffd": safe -= 1
+        if safe > self.sent: self.fn(text[self.sent:safe]); self.sent = safe
+    def finish(self, text: str):
+        if self.fn is not None and len(text) > self.sent: self.fn(text[self.sent:]); self.sent = len(text)
+
 @torch.inference_mode()
-def _generate(self, req: GenRequest, on_failure: Callable|None = None) -> GenResult:
-    "Answer one request; errors become a result with `error_type='ENGINE_ERROR'` (reported to `on_failure`)."
+def _generate(self, req: GenRequest, on_failure: Callable|None = None, on_text: Callable|None = None) -> GenResult:
+    """Answer one request; errors become a result with `error_type='ENGINE_ERROR'` (reported to `on_failure`).
+    `on_text(delta)` receives the answer as it is generated (held back where a stop string could still begin)."""
     from transformers import DynamicCache
     if req.temperature != 0: raise ValueError("the in-process engine decodes greedily: temperature must be 0")
     t0 = time.perf_counter()
@@ -163,8 +178,10 @@ def _generate(self, req: GenRequest, on_failure: Callable|None = None) -> GenRes
             ids = [out.logits[0, -1].argmax()]
             ttfb = time.perf_counter() - t0
             finish, next_pos = "length", pos[:, -1:] + 1
+            emit = _Emitter(self.tokenizer, req.stop, on_text)
             for i in range(req.max_new_tokens):
-                if ids[-1].item() in self.eos: finish = "stop"; break
+                emit(ids)
+                if i > 0 and ids[-1].item() in self.eos: finish = "stop"; break   # as kvpress: the first token never ends it
                 if req.stop and truncate_at_stop(self.tokenizer.decode(torch.stack(ids), skip_special_tokens=True), req.stop)[1]:
                     finish = "stop"; break
                 if i == req.max_new_tokens - 1: break
@@ -172,6 +189,7 @@ def _generate(self, req: GenRequest, on_failure: Callable|None = None) -> GenRes
                 ids.append(out.logits[0, -1].argmax())
             text = self.tokenizer.decode(torch.stack(ids), skip_special_tokens=True)
             text, _ = truncate_at_stop(text, req.stop)
+            emit.finish(text)
         return GenResult(text=text, finish_reason=finish, prompt_tokens=n_ctx + q_ids.shape[1], completion_tokens=len(ids),
                          latency_s=time.perf_counter() - t0, ttfb_s=ttfb, kv_cache_bytes=kv)
     except Exception as e:
@@ -181,7 +199,7 @@ def _generate(self, req: GenRequest, on_failure: Callable|None = None) -> GenRes
         return GenResult(error_type="ENGINE_ERROR", error=msg, latency_s=time.perf_counter() - t0)
 TransformersEngine.generate = _generate
 
-# %% ../nbs/33_kv_engines.ipynb #2676c69f
+# %% ../nbs/33_kv_engines.ipynb #01576057
 RETRYABLE = {"TIMEOUT", "HTTP_429", "HTTP_5XX", "CONNECTION", "BAD_RESPONSE"}
 
 class Pacer:
@@ -209,17 +227,17 @@ def _retry_after(headers) -> float|None:
     try: return float(headers.get("retry-after"))
     except (TypeError, ValueError): return None
 
-# %% ../nbs/33_kv_engines.ipynb #3ba05ad4
+# %% ../nbs/33_kv_engines.ipynb #7fd644e3
 class OpenAIEngine:
     "An OpenAI-compatible server (`kind` 'chat' or 'completions') with retries, backoff, streaming telemetry and pacing."
     def __init__(self, base_url: str, model: str, kind: str = "chat", api_key: str = "", timeout_s: float = 120.0,
                  max_retries: int = 4, backoff_s: float = 0.5, backoff_max_s: float = 20.0, max_rpm: float = 0.0,
-                 max_concurrency: int = 1, tokenizer: str = "", seed: int = 0):
+                 max_concurrency: int = 1, tokenizer: str = "", seed: int = 0, kv_field: bool = True):
         import httpx
         if kind not in ("chat", "completions"): raise ValueError(f"kind must be 'chat' or 'completions', got {kind!r}")
         self.name, self.kind, self.model, self.tokenizer_name = f"openai_{kind}", kind, model, tokenizer or model
         self.base_url, self.max_retries, self.backoff_s, self.backoff_max_s = base_url.rstrip("/"), max_retries, backoff_s, backoff_max_s
-        self.pacer, self.rng = Pacer(max_rpm, max_concurrency), random.Random(seed)
+        self.pacer, self.rng, self.kv_field = Pacer(max_rpm, max_concurrency), random.Random(seed), kv_field
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(timeout=httpx.Timeout(timeout_s), headers=headers,
                                    limits=httpx.Limits(max_connections=max(4, max_concurrency)))
@@ -227,21 +245,23 @@ class OpenAIEngine:
         return dict(engine=self.name, model=self.model, tokenizer=self.tokenizer_name, base_url=self.base_url)
     def close(self): self.client.close()
     def payload(self, req: GenRequest) -> dict:
-        prompt = req.context + req.question + ("\n" + req.answer_prefix if req.answer_prefix else "")
+        prompt = req.context + req.question + "\n" + req.answer_prefix
         body = {"model": self.model, "max_tokens": req.max_new_tokens, "temperature": req.temperature, "stream": True,
                 "stream_options": {"include_usage": True}}
         if req.stop: body["stop"] = list(req.stop)
         if self.kind == "chat": body["messages"] = [{"role": "user", "content": prompt}]
         else: body["prompt"] = prompt
-        if req.press != "none":
+        if self.kv_field:
             body["kv"] = dict(press=req.press, budget_kind=req.budget_kind, budget=req.budget,
-                              question_chars=len(prompt) - len(req.context))
+                              context_chars=len(req.context), answer_prefix_chars=len(req.answer_prefix))
+        elif req.press != "none" and compression_ratio(req.budget_kind, req.budget, 1 << 30) > 0:
+            raise ValueError(f"press {req.press!r} needs the kv extension field (engine.kv_field) and a server that reads it")
         return body
     def backoff(self, attempt: int, retry_after: float|None) -> float:
         if retry_after is not None: return min(retry_after, self.backoff_max_s)
         return min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)) * (1 + 0.25 * self.rng.random())
 
-# %% ../nbs/33_kv_engines.ipynb #0f5ae3bd
+# %% ../nbs/33_kv_engines.ipynb #b390815d
 def _attempt(self, body: dict, t0: float) -> GenResult:
     "One streamed HTTP attempt; raises `_Failure` with a classified error."
     import httpx
@@ -291,13 +311,14 @@ def _http_generate(self, req: GenRequest, on_failure: Callable|None = None) -> G
             time.sleep(wait)
 OpenAIEngine._attempt, OpenAIEngine.generate = _attempt, _http_generate
 
-# %% ../nbs/33_kv_engines.ipynb #5797e45f
+# %% ../nbs/33_kv_engines.ipynb #6f82d274
 ENGINES: dict[str, Callable] = {
     "transformers": lambda c: TransformersEngine(c.model, prompt_style=c.prompt_style, press_kwargs=c.press_kwargs, threads=c.threads),
     "openai_chat": lambda c: OpenAIEngine(c.base_url, c.model, "chat", c.api_key, c.timeout_s, c.max_retries, c.backoff_s,
-                                          c.backoff_max_s, c.max_rpm, c.max_concurrency, c.tokenizer),
+                                          c.backoff_max_s, c.max_rpm, c.max_concurrency, c.tokenizer, kv_field=c.kv_field),
     "openai_completions": lambda c: OpenAIEngine(c.base_url, c.model, "completions", c.api_key, c.timeout_s, c.max_retries,
-                                                 c.backoff_s, c.backoff_max_s, c.max_rpm, c.max_concurrency, c.tokenizer),
+                                                 c.backoff_s, c.backoff_max_s, c.max_rpm, c.max_concurrency, c.tokenizer,
+                                                 kv_field=c.kv_field),
 }
 
 def make_engine(engine_cfg):
