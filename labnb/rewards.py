@@ -6,7 +6,7 @@
 __all__ = ['LOCAL_TASKS', 'AGGREGATIONS', 'LocalTask', 'task_data', 'task_texts', 'representation_corpus', 'mteb_task',
            'LookupEncoder', 'mteb_score', 'MissingBaseline', 'zscores', 'aggregate', 'RewardConfig', 'ArmRewards']
 
-# %% ../nbs/14_rewards.ipynb #78b0022f
+# %% ../nbs/14_rewards.ipynb #a438e33c
 import hashlib, json, logging, math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,7 @@ import numpy as np
 from .core import Config, ConfigError, paths, logger
 from .store import StatusTable, ArrayCache
 
-# %% ../nbs/14_rewards.ipynb #f9598edb
+# %% ../nbs/14_rewards.ipynb #cfe067cf
 @dataclass(frozen=True)
 class LocalTask:
     "A custom MTEB task built from a `labnb.data` dataset."
@@ -36,7 +36,7 @@ LOCAL_TASKS: dict[str, LocalTask] = {
     "AGNews":    LocalTask("ag_news", "classification", "test"),
 }
 
-# %% ../nbs/14_rewards.ipynb #19525e2b
+# %% ../nbs/14_rewards.ipynb #6b43317f
 def _rng(seed: int, name: str): return np.random.default_rng([seed, int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)])
 
 def _stratified(recs, per_label: int, rng) -> list:
@@ -77,7 +77,7 @@ def representation_corpus(tasks: Sequence[str], limit_per_task: int, seed: int =
         out += [texts[i] for i in sorted(idx)]
     return out
 
-# %% ../nbs/14_rewards.ipynb #b0cd1432
+# %% ../nbs/14_rewards.ipynb #3a976b0b
 def _metadata(name: str, kind: str):
     from mteb.abstasks.task_metadata import TaskMetadata
     t = LOCAL_TASKS[name]
@@ -134,7 +134,7 @@ def mteb_score(name: str, data: dict, table: dict, n_experiments: int = 3, sampl
     res = task.evaluate(LookupEncoder(table), "test", encode_kwargs={"batch_size": 256})["default"]
     return {k: v for k, v in res.items() if isinstance(v, (int, float)) and v is not None and not (isinstance(v, float) and math.isnan(v))}
 
-# %% ../nbs/14_rewards.ipynb #d82566ea
+# %% ../nbs/14_rewards.ipynb #788c9b61
 class MissingBaseline(LookupError): "The baseline arm has no score for a task that is being z-scored."
 
 def zscores(scores: dict[str, float], baseline: dict[str, tuple[float, float]]) -> dict[str, float]:
@@ -164,7 +164,7 @@ def aggregate(z: dict[str, float], how: str = "mean") -> float:
     if not z: raise ValueError("no task scores to aggregate")
     return AGGREGATIONS[how](np.asarray(list(z.values()), dtype=float))
 
-# %% ../nbs/14_rewards.ipynb #01f85401
+# %% ../nbs/14_rewards.ipynb #7e36e6d8
 @dataclass(frozen=True)
 class RewardConfig(Config):
     "How arms are scored."
@@ -185,7 +185,7 @@ class RewardConfig(Config):
         if self.aggregation not in AGGREGATIONS: raise ConfigError("aggregation", f"unknown {self.aggregation!r} (known: {', '.join(AGGREGATIONS)})")
         if self.n_boot < 2: raise ConfigError("n_boot", "need at least 2 resamples for a standard deviation")
 
-# %% ../nbs/14_rewards.ipynb #c650a96d
+# %% ../nbs/14_rewards.ipynb #94255334
 class ArmRewards:
     "Rewards of arms `(revision, layer)` of one model's checkpoints, cached in `<root>/rewards.sqlite`."
     def __init__(self, model_id: str, checkpoints: dict[str, str], baseline: str, cfg: RewardConfig, root,
@@ -219,7 +219,7 @@ class ArmRewards:
         from labnb.embeddings import n_hidden_states
         return n_hidden_states(self.model(rev)[0])
 
-# %% ../nbs/14_rewards.ipynb #2c6a7003
+# %% ../nbs/14_rewards.ipynb #90a3c23d
 def _embeddings(self, rev: str, layer: int, task: str) -> dict:
     "`{text: vector}` of a task's texts at one layer; all layers of `rev` are computed in the same pass and cached."
     if (rev, layer, task) not in self._emb:
@@ -281,9 +281,18 @@ def _stored_baseline(self) -> dict[str, tuple[float, float]]:
         out[t] = (c.result["main_score"], float(np.std(boots, ddof=1)))
     return out
 
+def _reward_sd(self, how: str|None = None) -> float:
+    "Noise of the aggregated reward: its sd over the baseline's bootstrap resamples (the unit of \"within one sd\")."
+    rev, layer = self.baseline_arm()
+    stats = self.baseline_stats()
+    rows = {r.unit: r.result["main_score"] for r in self.table.rows(status="completed", group="baseline-bootstrap")}
+    aggs = [aggregate(zscores({t: rows[self._unit(rev, layer, t, b)] for t in self.cfg.tasks}, stats), how or self.cfg.aggregation)
+            for b in range(self.cfg.n_boot)]
+    return float(np.std(aggs, ddof=1))
+
 def _reward(self, arm, how: str|None = None) -> float:
     "Aggregated z-score of `arm` against the baseline."
     return aggregate(zscores(self.scores(arm), self.baseline_stats()), how or self.cfg.aggregation)
 
 ArmRewards.scores, ArmRewards.baseline_arm, ArmRewards.baseline_stats = _scores, _baseline_arm, _baseline_stats
-ArmRewards.stored_baseline, ArmRewards.reward, ArmRewards._unit = _stored_baseline, _reward, _unit
+ArmRewards.stored_baseline, ArmRewards.reward, ArmRewards._unit, ArmRewards.reward_sd = _stored_baseline, _reward, _unit, _reward_sd
