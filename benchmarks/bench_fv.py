@@ -12,7 +12,8 @@ import pandas as pd
 import torch
 
 from labnb.core import paths, provenance
-from labnb.store import atomic_write_json
+from labnb.store import atomic_write_json, read_json
+from labnb.runner import strip_home
 from labnb.models import load_model, tiny_model, model_spec, model_meta
 from labnb.fv import (PromptFormat, relation_rows, sample_trials, corrupted_prompt, clean_prompt, encode, answer_token,
                       score_prompts, patched_probs, all_heads)
@@ -61,6 +62,7 @@ def main(argv=None):
            "ratio_batched_vs_sequential": rate["batched"] / rate["sequential"],
            "max_abs_diff_p": {"prefix_vs_sequential": err_seq, "prefix_vs_batched": err_bat},
            "p_range": [float(p_pre.min()), float(p_pre.max())], "provenance": provenance({"trials": 0})}
+    res = strip_home(res)                                              # no machine paths in the committed figures
     atomic_write_json(a.out, res)
     print(json.dumps({k: res[k] for k in ("prompt_tokens", "heads_per_second", "ratio_prefix_vs_sequential",
                                            "ratio_batched_vs_sequential", "max_abs_diff_p")}, indent=1))
