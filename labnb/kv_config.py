@@ -6,14 +6,14 @@
 __all__ = ['TaskCfg', 'PrepareCfg', 'EngineCfg', 'FocusCfg', 'RunCfg', 'AnalyzeCfg', 'ReportCfg', 'KVConfig', 'config_dir',
            'experiment_file', 'load_kv_config']
 
-# %% ../nbs/31_kv_config.ipynb #3398814f
+# %% ../nbs/31_kv_config.ipynb #f279048d
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from .core import Config, ConfigError, load_config, paths
 
-# %% ../nbs/31_kv_config.ipynb #de052f3f
+# %% ../nbs/31_kv_config.ipynb #10676cb0
 @dataclass
 class TaskCfg(Config):
     "One task of the group; `params` go to the task's loader or generator (see `kv_prepare.TASKS`)."
@@ -21,6 +21,7 @@ class TaskCfg(Config):
     n_examples: int = 40           # size of the pool drawn before binning and sampling
     path: str = ""                 # input file for file-based tasks ('' = the task's default in the data mirror)
     template: str = ""             # prompt template name ('' = the task's default)
+    prompt_style: str = ""         # 'plain' or 'chat' for this task ('' = engine.prompt_style)
     params: dict = field(default_factory=dict)
 
 @dataclass
@@ -84,7 +85,7 @@ class AnalyzeCfg(Config):
 class ReportCfg(Config):
     figures: bool = True           # write figures next to the report
 
-# %% ../nbs/31_kv_config.ipynb #bfd25a6c
+# %% ../nbs/31_kv_config.ipynb #bd7c3798
 @dataclass
 class KVConfig(Config):
     group: str = "interactive"     # experiment group: results/kv/<group>/kv.sqlite
@@ -105,6 +106,8 @@ class KVConfig(Config):
             if t.name not in TASKS: raise ConfigError(f"prepare.tasks[{i}].name", f"unknown task {t.name!r} (known: {', '.join(sorted(TASKS))})")
             if t.template and t.template not in PROMPTS:
                 raise ConfigError(f"prepare.tasks[{i}].template", f"unknown prompt template {t.template!r} (known: {', '.join(sorted(PROMPTS))})")
+            if t.prompt_style not in ("", "plain", "chat"):
+                raise ConfigError(f"prepare.tasks[{i}].prompt_style", f"expected '', 'plain' or 'chat', got {t.prompt_style!r}")
             if t.n_examples < 1: raise ConfigError(f"prepare.tasks[{i}].n_examples", f"must be >= 1, got {t.n_examples}")
         for k in ("n_bins", "per_bin"):
             if getattr(p, k) < 1: raise ConfigError(f"prepare.{k}", f"must be >= 1, got {getattr(p, k)}")
@@ -149,7 +152,7 @@ class KVConfig(Config):
     @property
     def budgets_sorted(self) -> list[float]: return sorted(self.run.budgets, reverse=True)
 
-# %% ../nbs/31_kv_config.ipynb #dc1145d8
+# %% ../nbs/31_kv_config.ipynb #0a1bd8f0
 def config_dir() -> Path: return paths().home / "configs" / "kv"
 
 def experiment_file(experiment: str|Path) -> Path:

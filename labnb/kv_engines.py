@@ -7,7 +7,7 @@ __all__ = ['PRESSES', 'RETRYABLE', 'ENGINES', 'GenRequest', 'GenResult', 'trunca
            'make_press', 'split_prompt', 'count_prompt_tokens', 'cache_bytes', 'TransformersEngine', 'Pacer',
            'OpenAIEngine', 'make_engine']
 
-# %% ../nbs/33_kv_engines.ipynb #ceef69b3
+# %% ../nbs/33_kv_engines.ipynb #288f061e
 import contextlib, json, random, threading, time
 from dataclasses import dataclass, field, asdict
 from typing import Any, Callable
@@ -16,7 +16,7 @@ import torch
 
 from .core import logger
 
-# %% ../nbs/33_kv_engines.ipynb #8b749fc8
+# %% ../nbs/33_kv_engines.ipynb #ef45a431
 @dataclass
 class GenRequest:
     context: str                   # the compressible part (task template applied, no chat wrapping)
@@ -28,6 +28,7 @@ class GenRequest:
     max_new_tokens: int = 24
     stop: list = field(default_factory=list)
     temperature: float = 0.0
+    prompt_style: str = ""         # 'plain' | 'chat' | '' (the engine's default)
 
 @dataclass
 class GenResult:
@@ -51,7 +52,7 @@ def truncate_at_stop(text: str, stop) -> tuple[str, bool]:
     cuts = [i for s in stop or () if s and (i := text.find(s, start)) >= 0]
     return (text[:min(cuts)], True) if cuts else (text, False)
 
-# %% ../nbs/33_kv_engines.ipynb #0ba19755
+# %% ../nbs/33_kv_engines.ipynb #ff84c970
 @dataclass(frozen=True)
 class PressSpec:
     cls: str|None                  # class name in kvpress (None: no compression)
@@ -87,7 +88,7 @@ def make_press(name: str, ratio_removed: float, **overrides):
     import kvpress
     return getattr(kvpress, spec.cls)(compression_ratio=ratio_removed, **{**spec.kwargs, **overrides})
 
-# %% ../nbs/33_kv_engines.ipynb #8569873b
+# %% ../nbs/33_kv_engines.ipynb #7d12edf7
 def split_prompt(tokenizer, context: str, question: str, answer_prefix: str = "", style: str = "plain") -> tuple[str, str]:
     "(context text, question text) exactly as prefilled and then fed by the engines."
     if style == "plain" or tokenizer.chat_template is None:
@@ -103,7 +104,7 @@ def count_prompt_tokens(tokenizer, context: str, question: str, answer_prefix: s
     c, q = split_prompt(tokenizer, context, question, answer_prefix, style)
     return len(tokenizer.encode(c, add_special_tokens=False)) + len(tokenizer.encode(q, add_special_tokens=False))
 
-# %% ../nbs/33_kv_engines.ipynb #a7619dfb
+# %% ../nbs/33_kv_engines.ipynb #6cba2744
 def cache_bytes(cache) -> int:
     "Bytes of all key/value tensors held by a transformers cache."
     return int(sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
@@ -134,14 +135,14 @@ class TransformersEngine:
         return dict(engine=self.name, model=self.model_name, tokenizer=getattr(self.tokenizer, "name_or_path", "") or self.model_name,
                     prompt_style=self.prompt_style)
     def encode(self, req: GenRequest):
-        c, q = split_prompt(self.tokenizer, req.context, req.question, req.answer_prefix, self.prompt_style)
+        c, q = split_prompt(self.tokenizer, req.context, req.question, req.answer_prefix, req.prompt_style or self.prompt_style)
         return (self.tokenizer.encode(c, return_tensors="pt", add_special_tokens=False),
                 self.tokenizer.encode(q, return_tensors="pt", add_special_tokens=False))
     def press_for(self, req: GenRequest, context_len: int):
         return make_press(req.press, compression_ratio(req.budget_kind, req.budget, context_len), **self.press_kwargs.get(req.press, {}))
     def close(self): pass
 
-# %% ../nbs/33_kv_engines.ipynb #c219565c
+# %% ../nbs/33_kv_engines.ipynb #2b03a940
 class _Emitter:
     "Streams the decoded answer as deltas, holding back a possible stop-string prefix or a partial character."
     def __init__(self, tokenizer, stop, fn):
@@ -199,7 +200,7 @@ def _generate(self, req: GenRequest, on_failure: Callable|None = None, on_text: 
         return GenResult(error_type="ENGINE_ERROR", error=msg, latency_s=time.perf_counter() - t0)
 TransformersEngine.generate = _generate
 
-# %% ../nbs/33_kv_engines.ipynb #01576057
+# %% ../nbs/33_kv_engines.ipynb #c7e71b59
 RETRYABLE = {"TIMEOUT", "HTTP_429", "HTTP_5XX", "CONNECTION", "BAD_RESPONSE"}
 
 class Pacer:
@@ -227,7 +228,7 @@ def _retry_after(headers) -> float|None:
     try: return float(headers.get("retry-after"))
     except (TypeError, ValueError): return None
 
-# %% ../nbs/33_kv_engines.ipynb #7fd644e3
+# %% ../nbs/33_kv_engines.ipynb #5fb563d9
 class OpenAIEngine:
     "An OpenAI-compatible server (`kind` 'chat' or 'completions') with retries, backoff, streaming telemetry and pacing."
     def __init__(self, base_url: str, model: str, kind: str = "chat", api_key: str = "", timeout_s: float = 120.0,
@@ -254,6 +255,7 @@ class OpenAIEngine:
         if self.kv_field:
             body["kv"] = dict(press=req.press, budget_kind=req.budget_kind, budget=req.budget,
                               context_chars=len(req.context), answer_prefix_chars=len(req.answer_prefix))
+            if req.prompt_style: body["kv"]["prompt_style"] = req.prompt_style
         elif req.press != "none" and compression_ratio(req.budget_kind, req.budget, 1 << 30) > 0:
             raise ValueError(f"press {req.press!r} needs the kv extension field (engine.kv_field) and a server that reads it")
         return body
@@ -261,7 +263,7 @@ class OpenAIEngine:
         if retry_after is not None: return min(retry_after, self.backoff_max_s)
         return min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)) * (1 + 0.25 * self.rng.random())
 
-# %% ../nbs/33_kv_engines.ipynb #b390815d
+# %% ../nbs/33_kv_engines.ipynb #f52d943d
 def _attempt(self, body: dict, t0: float) -> GenResult:
     "One streamed HTTP attempt; raises `_Failure` with a classified error."
     import httpx
@@ -311,7 +313,7 @@ def _http_generate(self, req: GenRequest, on_failure: Callable|None = None) -> G
             time.sleep(wait)
 OpenAIEngine._attempt, OpenAIEngine.generate = _attempt, _http_generate
 
-# %% ../nbs/33_kv_engines.ipynb #6f82d274
+# %% ../nbs/33_kv_engines.ipynb #80bcce40
 ENGINES: dict[str, Callable] = {
     "transformers": lambda c: TransformersEngine(c.model, prompt_style=c.prompt_style, press_kwargs=c.press_kwargs, threads=c.threads),
     "openai_chat": lambda c: OpenAIEngine(c.base_url, c.model, "chat", c.api_key, c.timeout_s, c.max_retries, c.backoff_s,

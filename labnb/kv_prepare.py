@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['PROMPTS', 'TASKS', 'PromptTemplate', 'prompt_hash', 'TaskSpec', 'load_tokenizer', 'quantile_bins', 'pool_ranks',
-           'templates_of', 'prepare', 'selected_ids', 'read_manifest']
+           'templates_of', 'styles_of', 'prompt_hash_of', 'prepare', 'selected_ids', 'read_manifest']
 
-# %% ../nbs/32_kv_prepare.ipynb #ade51856
+# %% ../nbs/32_kv_prepare.ipynb #9e91de5d
 import hashlib, json
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -18,7 +18,7 @@ from .core import paths, logger, now_iso, provenance
 from .store import atomic_write_json
 from .kv_store import KVStore, example_id, dataset_hash
 
-# %% ../nbs/32_kv_prepare.ipynb #4576447d
+# %% ../nbs/32_kv_prepare.ipynb #a22a2309
 @dataclass(frozen=True)
 class PromptTemplate:
     context: str                   # format string with {context}
@@ -37,12 +37,12 @@ PROMPTS: dict[str, PromptTemplate] = {
     "qa": PromptTemplate("Write a short answer to the question using the documents below.\n\n{context}\n\n", "Question: {question}"),
 }
 
-def prompt_hash(templates: dict[str, str], prompt_style: str) -> str:
-    "Hash of the templates used per task and the prompt style (a run guardrail)."
+def prompt_hash(templates: dict[str, str], prompt_style) -> str:
+    "Hash of the templates used per task and the prompt style (one, or per task) (a run guardrail)."
     d = {t: asdict(PROMPTS[name]) for t, name in sorted(templates.items())}
     return hashlib.sha256(json.dumps([d, prompt_style], sort_keys=True).encode()).hexdigest()[:12]
 
-# %% ../nbs/32_kv_prepare.ipynb #17188c9f
+# %% ../nbs/32_kv_prepare.ipynb #fd8f69d3
 @dataclass(frozen=True)
 class TaskSpec:
     load: Callable                 # (TaskCfg, seed) -> list[dict(question, context, answers, meta)]
@@ -102,7 +102,7 @@ def _synthetic_kv(cfg, seed: int) -> list[dict]:
                         meta=dict(n_keys=n, gold_index=gold, chance=1 / n)))
     return out
 
-# %% ../nbs/32_kv_prepare.ipynb #f7aa5e4a
+# %% ../nbs/32_kv_prepare.ipynb #931ed3df
 def _records(cfg, default: str, limit: int|None = None) -> list:
     "Records of a `labnb.data` dataset (`params.dataset` overrides the default name)."
     from labnb.data import load_dataset
@@ -161,7 +161,7 @@ TASKS: dict[str, TaskSpec] = {
     "leval": TaskSpec(_leval, "qa", "an L-Eval JSONL file"),
 }
 
-# %% ../nbs/32_kv_prepare.ipynb #b62eae4e
+# %% ../nbs/32_kv_prepare.ipynb #f8e0f4f2
 def load_tokenizer(name: str):
     "The tokenizer of a model name (`tiny-*`: the tiny byte-level one; offline names: their local copy)."
     from labnb import models
@@ -183,10 +183,16 @@ def pool_ranks(ids: list[str], seed: int, *key: int) -> dict[str, int]:
     perm = np.random.default_rng([seed, *key]).permutation(len(ids))
     return {ids[j]: r for r, j in enumerate(perm)}
 
-# %% ../nbs/32_kv_prepare.ipynb #2d57a17b
+# %% ../nbs/32_kv_prepare.ipynb #9a5d3a9c
 def templates_of(cfg) -> dict[str, str]:
     "Template name per task of a `KVConfig`."
     return {t.name: t.template or TASKS[t.name].template for t in cfg.prepare.tasks}
+
+def styles_of(cfg) -> dict[str, str]:
+    "Prompt style per task of a `KVConfig` (the task's own, else the engine's)."
+    return {t.name: t.prompt_style or cfg.engine.prompt_style for t in cfg.prepare.tasks}
+
+def prompt_hash_of(cfg) -> str: return prompt_hash(templates_of(cfg), styles_of(cfg))
 
 def prepare(cfg, tokenizer=None, progress: bool = True) -> dict:
     "Prepare the examples of a `KVConfig`; returns the manifest (also written to `<root>/manifest.json`)."
@@ -206,7 +212,7 @@ def prepare(cfg, tokenizer=None, progress: bool = True) -> dict:
             eid = example_id(t.name, e["question"], e["context"], e["answers"])
             if eid in seen: continue
             seen.add(eid)
-            n = count_prompt_tokens(tok, *tmpl.render(e), style=eng.prompt_style)
+            n = count_prompt_tokens(tok, *tmpl.render(e), style=styles_of(cfg)[t.name])
             if p.max_tokens and n > p.max_tokens: continue
             rows.append(dict(e, example_id=eid, task=t.name, n_tokens=n))
         if len(rows) < p.n_bins: raise ValueError(f"task {t.name}: {len(rows)} examples left for {p.n_bins} bins (raise n_examples or max_tokens)")
@@ -225,8 +231,8 @@ def prepare(cfg, tokenizer=None, progress: bool = True) -> dict:
         examples += rows
     store = KVStore(cfg.db_path)
     store.add_examples(examples)
-    man = dict(group=cfg.group, created=now_iso(), tokenizer=tok_name, prompt_style=eng.prompt_style,
-               prompt_template_hash=prompt_hash(templates, eng.prompt_style), dataset_hash=dataset_hash(examples),
+    man = dict(group=cfg.group, created=now_iso(), tokenizer=tok_name, prompt_style=styles_of(cfg),
+               prompt_template_hash=prompt_hash_of(cfg), dataset_hash=dataset_hash(examples),
                n_examples=len(examples), n_bins=p.n_bins, per_bin=p.per_bin, seed=p.seed, tasks=tasks_out,
                config=cfg.prepare.to_dict(), **{k: v for k, v in provenance(p.seed).items() if k in ("git", "versions")})
     atomic_write_json(cfg.root / "manifest.json", man)

@@ -5,17 +5,17 @@
 # %% auto #0
 __all__ = ['RunSpec', 'plan_runs', 'check_manifest', 'KVRunner', 'focus_round']
 
-# %% ../nbs/35_kv_run.ipynb #4696b011
+# %% ../nbs/35_kv_run.ipynb #8f35b521
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .core import logger
 from .kv_store import KVStore, RunMismatch
-from .kv_prepare import PROMPTS, TASKS, templates_of, prompt_hash, read_manifest, selected_ids
+from .kv_prepare import PROMPTS, TASKS, templates_of, styles_of, prompt_hash_of, read_manifest, selected_ids
 from .kv_engines import GenRequest, make_engine
 
-# %% ../nbs/35_kv_run.ipynb #e62d40cf
+# %% ../nbs/35_kv_run.ipynb #84fa200b
 @dataclass(frozen=True)
 class RunSpec:
     press: str
@@ -33,11 +33,11 @@ def plan_runs(cfg) -> list[RunSpec]:
     if "none" in r.presses and RunSpec("none", "ratio", 1.0) not in out: out.insert(0, RunSpec("none", "ratio", 1.0))
     return out
 
-# %% ../nbs/35_kv_run.ipynb #44f36aa4
+# %% ../nbs/35_kv_run.ipynb #ab39f221
 def check_manifest(cfg, manifest: dict) -> dict:
     "Guardrail values of the current config; refuses a manifest prepared otherwise unless `run.force`."
     now = dict(tokenizer=cfg.engine.tokenizer or cfg.engine.model,
-               prompt_template_hash=prompt_hash(templates_of(cfg), cfg.engine.prompt_style),
+               prompt_template_hash=prompt_hash_of(cfg),
                dataset_hash=manifest["dataset_hash"])
     for k in ("tokenizer", "prompt_template_hash"):
         if manifest[k] != now[k]:
@@ -47,7 +47,7 @@ def check_manifest(cfg, manifest: dict) -> dict:
             logger.warning("forced: %s", msg)
     return now
 
-# %% ../nbs/35_kv_run.ipynb #617acfeb
+# %% ../nbs/35_kv_run.ipynb #8fa1aa42
 class KVRunner:
     "Runs the plan of a `KVConfig` against an engine, persisting everything in the group's SQLite file."
     def __init__(self, cfg, engine=None, store: KVStore|None = None):
@@ -56,6 +56,7 @@ class KVRunner:
         self.manifest = read_manifest(cfg)
         self.guards = check_manifest(cfg, self.manifest)
         self.templates = {t: PROMPTS[name] for t, name in templates_of(cfg).items()}
+        self.styles = styles_of(cfg)
         self._examples = None
     def examples(self) -> dict:
         if self._examples is None: self._examples = {e["example_id"]: e for e in self.store.examples()}
@@ -63,7 +64,8 @@ class KVRunner:
     def request(self, ex: dict, spec: RunSpec) -> GenRequest:
         c, q, a = self.templates[ex["task"]].render(ex)
         e = self.cfg.engine
-        return GenRequest(c, q, a, spec.press, spec.budget_kind, spec.budget, e.max_new_tokens, list(e.stop), e.temperature)
+        return GenRequest(c, q, a, spec.press, spec.budget_kind, spec.budget, e.max_new_tokens, list(e.stop), e.temperature,
+                          self.styles[ex["task"]])
     def open_run(self, spec: RunSpec) -> dict:
         e = self.cfg.engine
         return self.store.ensure_run(spec.run_id, spec.press, spec.budget_kind, spec.budget, e.model, self.guards["tokenizer"],
@@ -78,7 +80,7 @@ class KVRunner:
         c, q, a = self.templates[ex["task"]].render(ex)
         return c + q + "\n" + a
 
-# %% ../nbs/35_kv_run.ipynb #f09bd0c9
+# %% ../nbs/35_kv_run.ipynb #9368390c
 def _one(self, spec: RunSpec, ex_id: str):
     "Run one request and persist it."
     st, rid = self.store, spec.run_id
@@ -124,7 +126,7 @@ def _run(self, progress: bool = True, limit: int|None = None, only: list[str]|No
 
 KVRunner.execute, KVRunner.run = _execute, _run
 
-# %% ../nbs/35_kv_run.ipynb #c1c603ea
+# %% ../nbs/35_kv_run.ipynb #37d810d8
 def focus_round(self, round: int, specs: list[RunSpec]) -> int:
     "Add reserve examples to the runs next to each transition; returns how many requests were added."
     from labnb.kv_score import score_store

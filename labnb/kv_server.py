@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['ROUTES', 'Reply', 'serve', 'parse_request', 'kv_app', 'FaultScript']
 
-# %% ../nbs/34_kv_server.ipynb #f3ec150d
+# %% ../nbs/34_kv_server.ipynb #ab3a41eb
 import contextlib, json, threading, time, uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +14,7 @@ from typing import Callable
 from .core import logger
 from .kv_engines import GenRequest, GenResult, OpenAIEngine
 
-# %% ../nbs/34_kv_server.ipynb #cf48384e
+# %% ../nbs/34_kv_server.ipynb #6380031a
 @dataclass
 class Reply:
     status: int = 200
@@ -66,7 +66,7 @@ def serve(app: Callable, max_seconds: float = 600.0, port: int = 0):
     finally:
         timer.cancel(); srv.shutdown(); srv.server_close(); th.join(timeout=5)
 
-# %% ../nbs/34_kv_server.ipynb #d506bb38
+# %% ../nbs/34_kv_server.ipynb #abb8ba3c
 def _chunk(kind: str, model: str, rid: str, text: str|None = None, finish: str|None = None, usage: dict|None = None) -> dict:
     obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
     choice = {"index": 0, "finish_reason": finish}
@@ -117,10 +117,12 @@ def parse_request(kind: str, body: dict, max_new_tokens_cap: int = 512) -> GenRe
             raise ValueError("kv.context_chars / kv.answer_prefix_chars: do not fit the prompt")
         ctx, tail = prompt[:cc], prompt[cc:]
         q, a = tail[:len(tail) - ac - 1], tail[len(tail) - ac:]
+    style = kv.get("prompt_style") or ("chat" if kind == "chat" else "plain")
+    if style not in ("plain", "chat"): raise ValueError(f"kv.prompt_style: expected 'plain' or 'chat', got {style!r}")
     return GenRequest(ctx, q, a, press=kv.get("press", "none"), budget_kind=kv.get("budget_kind", "ratio"),
-                      budget=float(kv.get("budget", 1.0)), max_new_tokens=mt, stop=list(stop), temperature=0.0)
+                      budget=float(kv.get("budget", 1.0)), max_new_tokens=mt, stop=list(stop), temperature=0.0, prompt_style=style)
 
-# %% ../nbs/34_kv_server.ipynb #f12dfdfd
+# %% ../nbs/34_kv_server.ipynb #ebd52246
 def kv_app(engine, model_name: str|None = None, max_new_tokens_cap: int = 512) -> Callable:
     "An OpenAI-compatible app around a `TransformersEngine`."
     name = model_name or engine.model_name
@@ -157,7 +159,7 @@ def _stream(engine, req: GenRequest, kind: str, name: str, rid: str):
         yield _chunk(kind, name, rid, usage=_usage(x))
         yield "[DONE]"; return
 
-# %% ../nbs/34_kv_server.ipynb #e2153f54
+# %% ../nbs/34_kv_server.ipynb #044a5c89
 class FaultScript:
     "An OpenAI-compatible app that fails on purpose, following a script of actions (then answers normally)."
     def __init__(self, actions=(), answer: str = "42", model: str = "fault"):
