@@ -8,12 +8,12 @@ __all__ = ['EMBEDDERS', 'DEFAULT_TASKS', 'DEFAULT_HELDOUT', 'PRESETS', 'DELTA_ME
            'save_config', 'read_config', 'Context', 'load_base', 'setup', 'teacher_root', 'ensure_teachers',
            'teacher_table', 'LoraGenerator', 'weight_stats', 'delta_lambda', 'delta_distance', 'TeacherData',
            'teacher_data', 'new_generator', 'train_generator', 'load_generator', 'task_description',
-           'generated_adapters', 'mean_teacher', 'evaluate', 'summary_table', 'faiss_top1', 'retrieval', 'composition',
-           'run_experiment', 'verify_reproducibility', 'delta_silhouette', 'plot_deltas', 'plot_history',
-           'plot_composition']
+           'generated_adapters', 'mean_teacher', 'deltas_of', 'evaluate', 'summary_table', 'faiss_top1', 'retrieval',
+           'composition', 'train_run', 'evaluate_run', 'run_experiment', 'verify_reproducibility', 'delta_silhouette',
+           'plot_deltas', 'plot_history', 'plot_composition']
 
-# %% ../nbs/26_llgbm.ipynb #9a99bcc5
-import dataclasses, hashlib, itertools, json, math, random, re, time
+# %% ../nbs/26_llgbm.ipynb #02ac1605
+import dataclasses, hashlib, itertools, json, math, random, re, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Sequence
@@ -31,7 +31,7 @@ from .lora import (LoraSpec, TeacherConfig, LoraLayout, lora_layout, flatten_lor
                         train_teacher, save_adapter, load_adapter, task_pairs, split_pairs, answer_metrics, lora_forward)
 from .deltas import ProbeConfig, DeltaConfig, probe_set, base_states, delta_activations, compute_deltas, AGGREGATES
 
-# %% ../nbs/26_llgbm.ipynb #5c1c0bfa
+# %% ../nbs/26_llgbm.ipynb #af9c6e85
 def _hash_embed(texts: Sequence[str]) -> np.ndarray:
     out = np.zeros((len(texts), 256), np.float32)
     for i, t in enumerate(texts):
@@ -59,7 +59,7 @@ def describe(emb: np.ndarray, k: int, rng: random.Random) -> np.ndarray:  # emb:
     "Mean embedding of `k` examples drawn with `rng`."
     return emb[rng.sample(range(len(emb)), min(k, len(emb)))].mean(0)
 
-# %% ../nbs/26_llgbm.ipynb #e14b59ab
+# %% ../nbs/26_llgbm.ipynb #d1ba71fe
 @dataclass
 class ModelConfig(Config):
     "The frozen base model: an offline name of `labnb.models` or `tiny-<arch>` (random, tests)."
@@ -115,14 +115,14 @@ class ExperimentConfig(Config):
 
 DEFAULT_TASKS = {"fv/antonym": "linguistic", "fv/present-past": "linguistic", "fv/singular-plural": "linguistic",
                  "fv/english-french": "translation", "fv/english-german": "translation", "fv/english-spanish": "translation",
-                 "fv/country-capital": "knowledge", "fv/landmark-country": "knowledge", "fv/product-company": "knowledge",
-                 "fv/capitalize_first_letter": "symbolic", "fv/next_item": "symbolic", "fv/lowercase_first_letter": "symbolic"}
-DEFAULT_HELDOUT = ["fv/singular-plural", "fv/english-spanish", "fv/product-company", "fv/lowercase_first_letter"]
+                 "fv/country-capital": "knowledge", "fv/landmark-country": "knowledge",
+                 "fv/capitalize_first_letter": "symbolic", "fv/lowercase_first_letter": "symbolic"}
+DEFAULT_HELDOUT = ["fv/singular-plural", "fv/english-spanish", "fv/lowercase_first_letter"]
 
-# %% ../nbs/26_llgbm.ipynb #00061fc9
+# %% ../nbs/26_llgbm.ipynb #36a0a41c
 PRESETS: dict[str, dict] = {
     "baseline":    {"train.weight_loss": 1.0, "train.delta_loss": 0.0},
-    "delta_multi": {"train.weight_loss": 1.0, "train.delta_loss": 1.0, "train.delta_warmup": 10, "train.delta_ramp": 20},
+    "delta_multi": {"train.weight_loss": 1.0, "train.delta_loss": 1.0, "train.delta_warmup": 5, "train.delta_ramp": 10},
     "delta_only":  {"train.weight_loss": 0.0, "train.delta_loss": 1.0, "train.delta_warmup": 0, "train.delta_ramp": 0},
 }
 
@@ -146,7 +146,7 @@ def read_config(path) -> ExperimentConfig:
     from labnb.core import read_yaml
     return ExperimentConfig.from_dict(read_yaml(path), source=str(path))
 
-# %% ../nbs/26_llgbm.ipynb #806c80f1
+# %% ../nbs/26_llgbm.ipynb #43985766
 @dataclass
 class Context:
     "Everything an LLGBM step needs that does not change during an experiment."
@@ -181,11 +181,15 @@ def teacher_root(cfg: ExperimentConfig) -> Path:
     return paths().models / "llgbm_teachers" / f"{_slug(cfg.model.name)}-{key}"
 
 def ensure_teachers(ctx: Context, tasks: Sequence[str]|None = None, progress: bool = True) -> dict:
-    "`{task: (lora, manifest)}`, training (resumably) the teachers that are not saved yet."
+    """`{task: (lora, manifest)}`, training (resumably) the teachers that are not saved yet. Several processes may
+    work on one teacher folder (e.g. one in task order, one in reverse): a teacher saved by another is not retrained."""
     cfg, root = ctx.cfg, teacher_root(ctx.cfg)
     tasks = list(tasks or cfg.tasks)
     status = StatusTable(root / "status.sqlite")
     def unit(task):
+        if (root / _slug(task) / "manifest.json").exists():   # saved by another worker meanwhile
+            man = load_adapter(root / _slug(task))[1]
+            return {k: man[k] for k in ("final_loss", "accuracy", "base_accuracy")}
         lora, man = train_teacher(ctx.model, ctx.tok, task, cfg.lora, cfg.teacher, progress=progress)
         man = {**man, "model": cfg.model.to_dict(), "domain": cfg.tasks.get(task)}
         save_adapter(root / _slug(task), lora, man)
@@ -199,7 +203,7 @@ def teacher_table(teachers: dict, cfg: ExperimentConfig) -> pd.DataFrame:
                           "steps": m["steps"], "final_loss": m["final_loss"], "eval_loss": m["eval_loss"],
                           "base_accuracy": m["base_accuracy"], "accuracy": m["accuracy"]} for t, (_, m) in teachers.items()])
 
-# %% ../nbs/26_llgbm.ipynb #29e27d84
+# %% ../nbs/26_llgbm.ipynb #63ff38f8
 class LoraGenerator(nn.Module):
     "Task embedding `[batch, d_in]` -> flattened LoRA factors `[batch, n_params]`."
     def __init__(self, d_in: int, layout: LoraLayout, hidden: int, mean: torch.Tensor, scale: torch.Tensor, init_std: float = 1e-3):
@@ -237,7 +241,7 @@ DELTA_METRICS = {
     "cosine": lambda d, t: (1 - nn.functional.cosine_similarity(d, t, dim=-1)).mean(),
 }
 
-# %% ../nbs/26_llgbm.ipynb #4ae0f3c5
+# %% ../nbs/26_llgbm.ipynb #108bdbb1
 @dataclass
 class TeacherData:
     "Teachers of one experiment as tensors: flattened weights and per-probe deltas."
@@ -327,7 +331,7 @@ def load_generator(ctx: Context, run_dir) -> LoraGenerator:
     gen.load_state_dict(state["generator"])
     return gen.eval()
 
-# %% ../nbs/26_llgbm.ipynb #0f4d6ed6
+# %% ../nbs/26_llgbm.ipynb #9982ca15
 def task_description(cfg: ExperimentConfig, emb: np.ndarray, task: str) -> np.ndarray:
     "The fixed evaluation embedding of a task (seeded by the task name)."
     return describe(emb, cfg.generator.n_examples, random.Random(f"{cfg.train.seed}-{task}"))
@@ -350,20 +354,39 @@ def _adapter_for(m, task: str, tasks) -> dict|None:
     per_task = isinstance(m, dict) and m and all(k in tasks for k in m)
     return m.get(task) if per_task else m
 
-def evaluate(ctx: Context, methods: dict, teachers: dict, tasks: Sequence[str]|None = None, progress: bool = True) -> pd.DataFrame:
+def deltas_of(ctx: Context, adapters: dict, cache: ArrayCache|None = None) -> dict:
+    "`{name: per-probe delta [n_probes, d]}` of named adapters, through the delta cache (computed once per adapter)."
+    r = compute_deltas(ctx.model, ctx.tok, adapters, ctx.layout.scale, ctx.probes, ctx.cfg.delta, cache, ctx.model_id, progress=False)
+    return dict(zip(r["names"], r["per_probe"]))
+
+_METRIC_MEMO: dict = {}
+
+def _task_metrics(ctx: Context, lora, task: str, memo: bool) -> dict:
+    "Answer metrics of an adapter on a task's held-out pairs (memoised by adapter content when `memo`)."
+    from labnb.deltas import adapter_sha
+    cfg = ctx.cfg
+    key = (ctx.model_id, adapter_sha(lora) if lora else "base", task, json.dumps(cfg.teacher.to_dict(), sort_keys=True), ctx.layout.scale)
+    if memo and key in _METRIC_MEMO: return _METRIC_MEMO[key]
+    _, evals = split_pairs(task_pairs(task), cfg.teacher.n_train, cfg.teacher.n_eval)
+    r = answer_metrics(lora_forward(ctx.model, lora, ctx.layout.scale), ctx.tok, evals, cfg.teacher.template, max_len=cfg.teacher.max_len)
+    _METRIC_MEMO[key] = r
+    return r
+
+def evaluate(ctx: Context, methods: dict, teachers: dict, tasks: Sequence[str]|None = None, progress: bool = True,
+             memo: bool = True, cache: ArrayCache|None = None) -> pd.DataFrame:
     """Accuracy, loss and delta cosine of each method on each task. `methods`: `{name: {task: adapter}|adapter|None}`
-    (a dict keyed by task gives a per-task adapter, one adapter is used everywhere, None is the base model)."""
+    (a dict keyed by task gives a per-task adapter, one adapter is used everywhere, None is the base model).
+    With `memo`, an adapter already scored on a task in this process is not scored again (the base model, the mean of
+    teachers and the teachers are shared by all presets); deltas go through the delta `cache`."""
     from tqdm.auto import tqdm
     cfg, rows = ctx.cfg, []
     tasks = list(tasks or cfg.tasks)
-    tdel = {t: delta_activations(ctx.model, ctx.tok, ctx.probes, cfg.delta, teachers[t][0], ctx.layout.scale, ctx.base).detach()
-            for t in tasks} if methods else {}
+    agg = lambda d: AGGREGATES[cfg.delta.aggregate](torch.from_numpy(np.asarray(d))).numpy()
+    tdel = deltas_of(ctx, {t: teachers[t][0] for t in tasks}, cache)
     for (name, m), t in tqdm(list(itertools.product(methods.items(), tasks)), desc="evaluate", disable=not progress):
         lora = _adapter_for(m, t, cfg.tasks)
-        _, evals = split_pairs(task_pairs(t), cfg.teacher.n_train, cfg.teacher.n_eval)
-        r = answer_metrics(lora_forward(ctx.model, lora, ctx.layout.scale), ctx.tok, evals, cfg.teacher.template, max_len=cfg.teacher.max_len)
-        with torch.no_grad():
-            dc = _cos(delta_activations(ctx.model, ctx.tok, ctx.probes, cfg.delta, lora, ctx.layout.scale, ctx.base), tdel[t]) if lora else float("nan")
+        r = _task_metrics(ctx, lora, t, memo)
+        dc = _cos(agg(deltas_of(ctx, {"x": lora}, cache)["x"]), agg(tdel[t])) if lora else float("nan")
         rows.append({"task": t, "domain": cfg.tasks[t], "split": "heldout" if t in cfg.heldout else "train", "method": name,
                      "accuracy": r["accuracy"], "loss": r["loss"], "delta_cos": dc, "n": r["n"], "config_hash": cfg.config_hash()})
     return pd.DataFrame(rows)
@@ -372,7 +395,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     "Mean accuracy / loss / delta cosine per split and method."
     return df.groupby(["split", "method"], sort=False)[["accuracy", "loss", "delta_cos"]].mean().round(4)
 
-# %% ../nbs/26_llgbm.ipynb #efaab1bf
+# %% ../nbs/26_llgbm.ipynb #ea8c1b0d
 def faiss_top1(db: np.ndarray, queries: np.ndarray) -> np.ndarray:  # db: [n, d], queries: [m, d] -> [m]
     "Index of the most cosine-similar row of `db` for each query (faiss flat inner-product index)."
     import faiss
@@ -383,8 +406,7 @@ def faiss_top1(db: np.ndarray, queries: np.ndarray) -> np.ndarray:  # db: [n, d]
 def retrieval(ctx: Context, teachers: dict, generated: dict|None = None) -> dict:
     "Top-1 retrieval accuracies of teachers by delta (across probe groups) and of generated adapters."
     tasks = list(teachers)
-    pp = torch.stack([delta_activations(ctx.model, ctx.tok, ctx.probes, ctx.cfg.delta, teachers[t][0], ctx.layout.scale, ctx.base,
-                                        per_probe=True).detach() for t in tasks]).numpy()      # [n, n_probes, d]
+    pp = np.stack(list(deltas_of(ctx, {t: teachers[t][0] for t in tasks}).values()))      # [n, n_probes, d]
     gen_mask = np.array([g == "generic" for g, _ in ctx.probes])
     out, rows = {}, []
     if gen_mask.any() and (~gen_mask).any():
@@ -393,8 +415,7 @@ def retrieval(ctx: Context, teachers: dict, generated: dict|None = None) -> dict
     if generated:
         db = AGGREGATES[ctx.cfg.delta.aggregate](torch.from_numpy(pp)).numpy()
         q = [t for t in generated if t in tasks]
-        with torch.no_grad():
-            qd = np.stack([delta_activations(ctx.model, ctx.tok, ctx.probes, ctx.cfg.delta, generated[t], ctx.layout.scale, ctx.base).numpy() for t in q])
+        qd = AGGREGATES[ctx.cfg.delta.aggregate](torch.from_numpy(np.stack(list(deltas_of(ctx, {t: generated[t] for t in q}).values())))).numpy()
         top = faiss_top1(db, qd)
         for t, i in zip(q, top): rows.append({"task": t, "retrieved": tasks[i], "hit": tasks[i] == t, "split": "heldout" if t in ctx.cfg.heldout else "train"})
         r = pd.DataFrame(rows)
@@ -422,7 +443,7 @@ def composition(ctx: Context, teachers: dict, pairs: Sequence[tuple[str, str]], 
         rows.append(row)
     return pd.DataFrame(rows)
 
-# %% ../nbs/26_llgbm.ipynb #51ab5d93
+# %% ../nbs/26_llgbm.ipynb #d004b30d
 def _methods(ctx, teachers, gens) -> dict:
     return {"base": None, "mean_teachers": mean_teacher(teachers, ctx.cfg.train_tasks),
             "teacher": {t: teachers[t][0] for t in teachers}, "generated": gens}
@@ -433,44 +454,63 @@ def _context_for(cfg: ExperimentConfig, ctx: Context|None) -> Context:
     if ctx is not None and ctx.cfg.model == cfg.model: return setup(cfg, ctx.model, ctx.tok)
     return setup(cfg)
 
-def run_experiment(cfg: ExperimentConfig, run_dir, ctx: Context|None = None, progress: bool = True) -> dict:
-    "Train/resume and evaluate one preset in `run_dir`; returns the metrics (also written to `metrics.json`)."
-    run_dir = Path(run_dir)
+def _rerun_eval(run_dir: Path, ctx: Context|None, progress: bool, methods: Sequence[str]|None = None, fresh: bool = False):
+    "Rebuild a run from its `config.yaml` + `generator.pt` and evaluate it: (ctx, teachers, generated, eval table)."
+    for f in ("config.yaml", "generator.pt"):
+        if not (run_dir / f).exists(): raise FileNotFoundError(f"{run_dir / f} is missing: not a trained llgbm run")
+    cfg = read_config(run_dir / "config.yaml")
     ctx = _context_for(cfg, ctx)
     teachers = ensure_teachers(ctx, progress=progress)
-    td, emb = teacher_data(ctx, teachers, progress), task_embeddings(cfg)
-    gen, hist = train_generator(ctx, td, emb, run_dir, progress)
-    gens = generated_adapters(ctx, gen, emb, list(cfg.tasks))
-    ev = evaluate(ctx, _methods(ctx, teachers, gens), teachers, progress=progress)
+    gens = generated_adapters(ctx, load_generator(ctx, run_dir), task_embeddings(cfg), list(cfg.tasks))
+    ms = {k: v for k, v in _methods(ctx, teachers, gens).items() if methods is None or k in methods}
+    if not fresh: return ctx, teachers, gens, evaluate(ctx, ms, teachers, progress=progress)
+    with tempfile.TemporaryDirectory() as d:   # a re-run recomputes every delta and metric
+        return ctx, teachers, gens, evaluate(ctx, ms, teachers, progress=progress, memo=False, cache=ArrayCache(d))
+
+def train_run(cfg: ExperimentConfig, run_dir, ctx: Context|None = None, progress: bool = True) -> pd.DataFrame:
+    "Teachers (resumed), their deltas (cached) and the generator of `cfg` (resumed) in `run_dir`; returns the history."
+    ctx = _context_for(cfg, ctx)
+    teachers = ensure_teachers(ctx, progress=progress)
+    return train_generator(ctx, teacher_data(ctx, teachers, progress), task_embeddings(cfg), run_dir, progress)[1]
+
+def evaluate_run(run_dir, ctx: Context|None = None, progress: bool = True) -> dict:
+    "Evaluate a trained run: writes `eval.csv`, `retrieval.csv` and `metrics.json` (config hash, provenance); returns the metrics."
+    run_dir = Path(run_dir)
+    ctx, teachers, gens, ev = _rerun_eval(run_dir, ctx, progress)
+    cfg = ctx.cfg
     ev.to_csv(run_dir / "eval.csv", index=False)
     ret = retrieval(ctx, teachers, gens)
+    pd.DataFrame(ret.pop("generated_rows")).to_csv(run_dir / "retrieval.csv", index=False)
+    hist = pd.read_csv(run_dir / "history.csv")
     s = ev.groupby(["split", "method"])[["accuracy", "loss", "delta_cos"]].mean()
     metrics = {"config_hash": cfg.config_hash(), "preset": cfg.preset,
-               **{f"{sp}/{m}/{k}": float(v) for (sp, m), r in s.iterrows() for k, v in r.items() if not math.isnan(v)},
-               **{k: v for k, v in ret.items() if k != "generated_rows"},
+               **{f"{sp}/{m}/{k}": float(v) for (sp, m), r in s.iterrows() for k, v in r.items() if not math.isnan(v)}, **ret,
                "final_weight_loss": float(hist["weight_loss"].tail(10).mean()), "final_delta_loss": float(hist["delta_loss"].tail(10).mean()),
                "train_seconds": float(hist["seconds"].sum()), "provenance": provenance({"train": cfg.train.seed, "teacher": cfg.teacher.seed})}
     atomic_write_json(run_dir / "metrics.json", metrics)
     return metrics
 
-def verify_reproducibility(run_dir, tol: float = 1e-5, ctx: Context|None = None, progress: bool = False) -> dict:
-    "Re-run the evaluation of a finished run from its `config.yaml` + `generator.pt`; compare with `eval.csv`."
-    run_dir = Path(run_dir)
-    for f in ("config.yaml", "generator.pt", "eval.csv"):
-        if not (run_dir / f).exists(): raise FileNotFoundError(f"{run_dir / f} is missing: not a finished llgbm run")
-    cfg = read_config(run_dir / "config.yaml")
+def run_experiment(cfg: ExperimentConfig, run_dir, ctx: Context|None = None, progress: bool = True) -> dict:
+    "Train (or resume) and evaluate one preset in `run_dir`; returns the metrics."
     ctx = _context_for(cfg, ctx)
-    teachers = ensure_teachers(ctx, progress=progress)
-    gen = load_generator(ctx, run_dir)
-    emb = task_embeddings(cfg)
-    new = evaluate(ctx, _methods(ctx, teachers, generated_adapters(ctx, gen, emb, list(cfg.tasks))), teachers, progress=progress)
+    train_run(cfg, run_dir, ctx, progress)
+    return evaluate_run(run_dir, ctx, progress)
+
+def verify_reproducibility(run_dir, tol: float = 1e-5, ctx: Context|None = None, methods: Sequence[str]|None = None,
+                           progress: bool = False) -> dict:
+    """Re-run the evaluation of a finished run from its `config.yaml` + `generator.pt` alone (no memo, a fresh delta
+    cache) and compare with its `eval.csv` (all methods, or only `methods`)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "eval.csv").exists(): raise FileNotFoundError(f"{run_dir / 'eval.csv'} is missing: not an evaluated llgbm run")
+    ctx, _, _, new = _rerun_eval(run_dir, ctx, progress, methods, fresh=True)
     old = pd.read_csv(run_dir / "eval.csv")
+    if methods is not None: old = old[old["method"].isin(methods)]
     m = old.merge(new, on=["task", "method"], suffixes=("_saved", "_rerun"))
     diffs = {k: float(np.nanmax(np.abs(m[f"{k}_saved"] - m[f"{k}_rerun"]))) if len(m) else float("inf") for k in ("accuracy", "loss", "delta_cos")}
     ok = len(m) == len(old) == len(new) and all(v <= tol for v in diffs.values()) and (m["config_hash_saved"] == m["config_hash_rerun"]).all()
-    return {"ok": bool(ok), "tol": tol, "max_abs_diff": diffs, "n_compared": len(m), "config_hash": cfg.config_hash()}
+    return {"ok": bool(ok), "tol": tol, "max_abs_diff": diffs, "n_compared": len(m), "config_hash": ctx.cfg.config_hash()}
 
-# %% ../nbs/26_llgbm.ipynb #4edeed84
+# %% ../nbs/26_llgbm.ipynb #7fdd28dc
 def delta_silhouette(deltas: np.ndarray, labels: Sequence[str]) -> float:
     "Silhouette score (cosine) of `labels` clusters of the deltas; nan when it is undefined."
     from sklearn.metrics import silhouette_score
