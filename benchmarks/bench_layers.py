@@ -35,7 +35,7 @@ def main(argv=None):
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--pooling", default="mean")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=2, help="best of this many timings per method")
+    ap.add_argument("--repeats", type=int, default=3, help="best of this many timings per method")
     ap.add_argument("--out", default=str(paths().home / "benchmarks" / "results" / "layers.json"))
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -50,7 +50,8 @@ def main(argv=None):
     if max_diff > 1e-4: raise SystemExit(f"methods disagree: max |diff| = {max_diff}")
     t_metrics, _ = _best_of(lambda: all_layer_metrics(model, tok, texts, pooling=a.pooling, batch_size=a.batch,
                                                       max_length=a.max_length), 1)
-    res = {"benchmark": "all-layer extraction, one pass vs one pass per layer", "model": model_meta(model),
+    meta = {k: v for k, v in model_meta(model).items() if k != "source"}   # no machine paths in committed results
+    res = {"benchmark": "all-layer extraction, one pass vs one pass per layer", "model": meta,
            "n_texts": len(texts), "n_layers": len(layers), "batch": a.batch, "max_length": a.max_length, "threads": a.threads,
            "seconds_one_pass_all_layers": round(t_one, 3), "seconds_one_pass_per_layer": round(t_per, 3),
            "ratio_per_layer_over_one_pass": round(t_per / t_one, 2), "max_abs_diff": max_diff,
