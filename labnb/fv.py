@@ -9,7 +9,7 @@ __all__ = ['RELATION_COLUMNS', 'RELATION_SOURCES', 'PATCH_METHODS', 'read_relati
            'score_prompts', 'prefix_cache', 'score_injected', 'all_heads', 'patched_probs', 'indirect_effects',
            'top_heads', 'random_heads', 'head_outputs', 'function_vector', 'jaccard', 'bootstrap_topk', 'plot_aie']
 
-# %% ../nbs/20_fv.ipynb #d6075aa3
+# %% ../nbs/20_fv.ipynb #2bf5f262
 import contextlib, copy, json, zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from .core import Config, ConfigError, paths, logger
 from .store import atomic_path, atomic_write
 from .hooks import edit_heads, hook_module, head_weight
 
-# %% ../nbs/20_fv.ipynb #28863e83
+# %% ../nbs/20_fv.ipynb #6c2f4bf4
 RELATION_COLUMNS = ("q_id", "input", "output")
 
 def read_relation_csv(path) -> pd.DataFrame:
@@ -38,7 +38,7 @@ def read_relation_csv(path) -> pd.DataFrame:
         if len(bad): raise ValueError(f"{path.name}: row {int(bad[0]) + 2}: field {c!r} is empty")
     return df
 
-# %% ../nbs/20_fv.ipynb #32084aed
+# %% ../nbs/20_fv.ipynb #88da5ca2
 def _fv_rows(name: str) -> list[dict]:
     root = paths().data / "function_vectors" / "dataset_files"
     for sub in ("abstractive", "extractive"):
@@ -78,7 +78,7 @@ def build_relation_csv(sources: dict[str, str]|list[str], name: str = "relationA
     logger.info("wrote %s (%d rows, %d q_ids)", path, sum(map(len, frames)), len(frames))
     return path
 
-# %% ../nbs/20_fv.ipynb #0bba0a8b
+# %% ../nbs/20_fv.ipynb #19146ce0
 @dataclass
 class PromptFormat(Config):
     "How demonstrations and the query are written."
@@ -120,7 +120,7 @@ def corrupted_prompt(trial: dict, fmt: PromptFormat) -> str:
 
 def zeroshot_prompt(trial: dict, fmt: PromptFormat) -> str: return fmt.query(trial["query"]["input"])
 
-# %% ../nbs/20_fv.ipynb #c81b4371
+# %% ../nbs/20_fv.ipynb #4b82e82f
 def _chunks(n: int, size: int): return [(s, min(s + size, n)) for s in range(0, n, size)]
 
 def encode(tok, text: str, special: bool = True) -> list[int]:
@@ -153,7 +153,7 @@ def target_probs(logits: torch.Tensor, targets) -> tuple[torch.Tensor, torch.Ten
     p = logits.softmax(-1).gather(1, targets[:, None])[:, 0]
     return p.cpu(), (logits.argmax(-1) == targets).cpu()
 
-# %% ../nbs/20_fv.ipynb #ebb487c5
+# %% ../nbs/20_fv.ipynb #23cd8ca9
 @contextlib.contextmanager
 def read_last_heads(model, spec, last: torch.Tensor, store: dict):
     "Record `store[l]` = head outputs at each row's `last` position, [batch, n_heads, d_head], for every layer."
@@ -196,7 +196,7 @@ def add_at_last(model, spec, layers, vectors: torch.Tensor, last: torch.Tensor):
         for l in torch.unique(layers).tolist(): st.enter_context(hook_module(spec.block(model, l), make(l)))
         yield
 
-# %% ../nbs/20_fv.ipynb #f0c2108d
+# %% ../nbs/20_fv.ipynb #24427fea
 @torch.no_grad()
 def score_prompts(model, spec, ids: list[list[int]], targets: list[int], batch_size: int = 16, read_heads: bool = False,
                   layer: int|None = None, vectors: torch.Tensor|None = None) -> dict:
@@ -215,7 +215,7 @@ def score_prompts(model, spec, ids: list[list[int]], targets: list[int], batch_s
     if read_heads: out["heads"] = torch.cat(acts)
     return out
 
-# %% ../nbs/20_fv.ipynb #67749fd4
+# %% ../nbs/20_fv.ipynb #88d37839
 @torch.no_grad()
 def prefix_cache(model, ids: list[int]):
     "Key/value cache of `ids[:-1]` (batch 1)."
@@ -236,7 +236,7 @@ def score_injected(model, spec, ids: list[int], target: int, layers, vectors: to
         p, top = target_probs(lg, [target] * (e - s)); ps.append(p); tops.append(top)
     return {"p": torch.cat(ps), "top1": torch.cat(tops)}
 
-# %% ../nbs/20_fv.ipynb #df2efb42
+# %% ../nbs/20_fv.ipynb #2b7b2c13
 def _p_of(logits, target): return logits.float().softmax(-1)[:, target].cpu()
 
 @torch.no_grad()
@@ -282,7 +282,7 @@ def patched_probs(model, spec, ids: list[int], target: int, mean_heads: torch.Te
     ids = torch.as_tensor(ids, device=model.device)
     return PATCH_METHODS[method](model, spec, ids, target, layers, heads, mean_heads[layers, heads], batch_size)
 
-# %% ../nbs/20_fv.ipynb #32152ce8
+# %% ../nbs/20_fv.ipynb #45a14598
 def indirect_effects(model, spec, tok, trials: list[dict], fmt: PromptFormat, mean_heads: torch.Tensor,
                      method: str = "prefix", batch_size: int = 64, progress: bool = True) -> tuple[torch.Tensor, list[dict]]:
     "CIE [n_trials, L, H] (p_patched - p_corrupted on corrupted prompts) and per-trial metrics."
@@ -298,7 +298,7 @@ def indirect_effects(model, spec, tok, trials: list[dict], fmt: PromptFormat, me
                         "n_tokens": len(ids), "max_delta_p": float(d.max()), "mean_delta_p": float(d.mean())})
     return torch.stack(cie), metrics
 
-# %% ../nbs/20_fv.ipynb #2c5d1ee0
+# %% ../nbs/20_fv.ipynb #93007b5b
 def top_heads(aie: torch.Tensor, k: int) -> list[tuple[int, int, float]]:
     "The k (layer, head, aie) with largest AIE [L, H], best first."
     vals, idx = aie.flatten().topk(min(k, aie.numel()))
@@ -326,7 +326,7 @@ def function_vector(model, spec, mean_heads: torch.Tensor, heads) -> tuple[torch
     for (l, *_), o in zip(heads, outs): by_layer[l] += o
     return by_layer.sum(0), by_layer
 
-# %% ../nbs/20_fv.ipynb #89c008cb
+# %% ../nbs/20_fv.ipynb #b147d4df
 def jaccard(a, b) -> float:
     a, b = set(a), set(b)
     return len(a & b) / len(a | b) if a | b else 1.0
@@ -346,7 +346,7 @@ def bootstrap_topk(cie: torch.Tensor, k: int, n_boot: int = 200, seed: int = 0) 
     return {"k": k, "n_boot": n_boot, "jaccard_vs_full_mean": float(np.mean(jac)), "jaccard_vs_full_std": float(np.std(jac)),
             "jaccard_pairwise_mean": float(np.mean(pair)) if pair else 1.0, "topk_frequency": (freq / n_boot).tolist()}
 
-# %% ../nbs/20_fv.ipynb #dfff60c9
+# %% ../nbs/20_fv.ipynb #445a3561
 def plot_aie(aie: torch.Tensor, top=(), title: str = "", ax=None):
     "AIE heatmap, layers x heads, with the top heads boxed."
     import matplotlib.pyplot as plt
