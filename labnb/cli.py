@@ -6,8 +6,8 @@
 __all__ = ['WORKFLOWS', 'SKIP_EXEC', 'COMMANDS', 'UsageError', 'promote', 'cmd_run', 'cmd_sweep', 'cmd_status', 'cmd_docs',
            'cmd_promote', 'demo', 'format_table', 'cmd_demo', 'build_parser', 'main']
 
-# %% ../nbs/92_cli.ipynb #d53dcdec
-import argparse, importlib, json, re, sys, time
+# %% ../nbs/92_cli.ipynb #3e661772
+import argparse, importlib, json, logging, re, sys, time
 from pathlib import Path
 
 import nbformat
@@ -16,7 +16,7 @@ from .core import ConfigError, logger, paths
 from .store import atomic_write
 from .runner import RunFailed, rel_home, run_template, strip_home, templates
 
-# %% ../nbs/92_cli.ipynb #0e979d40
+# %% ../nbs/92_cli.ipynb #1d6a3c19
 WORKFLOWS = {"kv": "labnb.kv_cli:main", "llgbm": "labnb.llgbm_cli:main"}
 
 class UsageError(ValueError): "Bad command-line input."
@@ -29,7 +29,7 @@ def _dispatch_workflow(name: str, argv: list[str]) -> int:
         raise UsageError(f"workflow {name!r} is not available (module {mod} not found)") from None
     return int(getattr(module, fn)(argv) or 0)
 
-# %% ../nbs/92_cli.ipynb #1c328a73
+# %% ../nbs/92_cli.ipynb #367a1dba
 SKIP_EXEC = "---\nskip_exec: true\n---"
 
 def _run_notebook(run_dir: Path) -> Path:
@@ -56,7 +56,7 @@ def promote(run_dir, name: str) -> Path:
     atomic_write(dest, nbformat.writes(nbformat.from_dict(nb)))
     return dest
 
-# %% ../nbs/92_cli.ipynb #3d41c154
+# %% ../nbs/92_cli.ipynb #535bc3e0
 def _parse_params(pairs) -> dict:
     out = {}
     for k, v in pairs or []:
@@ -84,13 +84,13 @@ def cmd_status(a) -> int:
 
 def cmd_docs(a) -> int:
     from labnb.docs import build_docs
-    out = build_docs(a.out)
+    out = build_docs(a.out, execute=not a.no_exec)
     print(f"docs written to {out}/index.html"); return 0
 
 def cmd_promote(a) -> int:
     print(f"promoted to {rel_home(promote(a.run_dir, a.name))}"); return 0
 
-# %% ../nbs/92_cli.ipynb #2d1e596c
+# %% ../nbs/92_cli.ipynb #b9f6e2ba
 def demo(force: bool = False, only: list[str]|None = None) -> list[dict]:
     "Run every template with its defaults through the runner; one row per template."
     rows = []
@@ -120,7 +120,7 @@ def cmd_demo(a) -> int:
     print(format_table(rows))
     return 1 if any(r["status"] == "failed" for r in rows) else 0
 
-# %% ../nbs/92_cli.ipynb #1a243148
+# %% ../nbs/92_cli.ipynb #33d33189
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "status": cmd_status, "docs": cmd_docs, "promote": cmd_promote, "demo": cmd_demo}
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("sweep", nargs="?", help="sweep name or YAML file (default: all sweeps)")
     d = sub.add_parser("docs", help="build the docs site")
     d.add_argument("--out", default="_docs", help="output folder (default _docs)")
+    d.add_argument("--no-exec", action="store_true", help="do not execute notebooks stored without outputs")
     pr = sub.add_parser("promote", help="publish a run's executed notebook as nbs/runs/NAME.ipynb")
     pr.add_argument("run_dir"); pr.add_argument("name")
     dm = sub.add_parser("demo", help="run every template with its defaults and report a table")
@@ -154,6 +155,8 @@ def main(argv=None) -> int:
     if argv and argv[0] in WORKFLOWS:
         try: return _dispatch_workflow(argv[0], argv[1:])
         except UsageError as e: print(f"labnb {argv[0]}: error: {e}", file=sys.stderr); return 2
+    if not logging.getLogger().handlers: logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logger.setLevel(logging.INFO)
     try: a = build_parser().parse_args(argv)
     except SystemExit as e: return int(e.code or 0)
     try: return COMMANDS[a.command](a)

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['SECTIONS', 'CSS', 'PAGE', 'SECTION_TITLES', 'Page', 'page_href', 'find_pages', 'executed', 'process_notebook',
-           'render_cells', 'rewrite_links', 'check_site', 'build_static', 'build_docs']
+           'render_cells', 'rewrite_links', 'check_site', 'build_static', 'build_docs', 'write_readme']
 
-# %% ../nbs/94_docs.ipynb #49f66d0b
+# %% ../nbs/94_docs.ipynb #3ce10a9c
 import base64, hashlib, html, json, os, re, shutil, subprocess, sys, tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ import nbformat
 from .core import logger, paths
 from .store import atomic_write
 
-# %% ../nbs/94_docs.ipynb #a2ee6fa6
+# %% ../nbs/94_docs.ipynb #8f2d5745
 SECTIONS = {"library": "*.ipynb", "experiments": "experiments/*.ipynb", "runs": "runs/*.ipynb"}
 
 @dataclass
@@ -42,7 +42,7 @@ def find_pages(nbs: Path|None = None) -> list[Page]:
         out += [Page(p, page_href(p, nbs), sec) for p in sorted(nbs.glob(pat)) if p.name != "index.ipynb" and not p.name.startswith("_")]
     return out
 
-# %% ../nbs/94_docs.ipynb #6c2ca9e0
+# %% ../nbs/94_docs.ipynb #1289c1d1
 def _has_outputs(nb: dict) -> bool: return any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
 
 def _skip_exec(nb: dict) -> bool:
@@ -81,7 +81,7 @@ def executed(path: Path, cache: Path|None = None, timeout: float = 1800) -> Path
         os.replace(tmp, dst)
     return dst
 
-# %% ../nbs/94_docs.ipynb #a9692fa0
+# %% ../nbs/94_docs.ipynb #4b301479
 _DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+)\s*:?\s*(.*)$")
 
 def _directives(src: str) -> tuple[dict, str]:
@@ -107,11 +107,20 @@ def process_notebook(path: Path, execute: bool = True) -> tuple[dict, dict]:
     "The nbdev-processed notebook (as an nbformat dict) and its front matter."
     from execnb.nbio import read_nb, nb2dict
     from fastcore.xtras import working_directory
+    from nbdev.process import NBProcessor
     from nbdev.processors import FilterDefaults
     src = executed(path) if execute else path
     order = _defined_order(json.loads(path.read_text()))
-    nb = read_nb(src)
-    with working_directory(paths().home): FilterDefaults()(nb)
+    nb, note = read_nb(src), None
+    try:
+        with working_directory(paths().home): FilterDefaults()(nb)
+    except Exception as e:                     # e.g. a cell nbdev runs for show_doc needs state from a cell it does not run
+        cause = e.__cause__ or e
+        note = f"{str(e).strip().splitlines()[0].rstrip(' :')}: {type(cause).__name__}: {cause}"
+        logger.warning("docs: %s: %s; page rendered without the API reference", path.name, note)
+        nb = read_nb(src)
+        procs = [p for p in FilterDefaults().procs() if getattr(p, "__name__", "") != "exec_show_docs"]
+        with working_directory(paths().home): NBProcessor(nb=nb, procs=procs).process()
     fm = dict(getattr(nb, "frontmatter_", {}) or {})
     cells = []
     for c in nb2dict(nb)["cells"]:
@@ -136,10 +145,11 @@ def process_notebook(path: Path, execute: bool = True) -> tuple[dict, dict]:
         while j < len(cells) and key(cells[j]) is not None: j += 1
         if j > i + 1: cells[i:j] = sorted(cells[i:j], key=key)
         i = max(j, i + 1)
+    if note: cells.insert(0, {"cell_type": "markdown", "metadata": {}, "source": f"> **Note** the API reference of this page could not be generated: `{note}`"})
     d = nb2dict(nb); d["cells"] = cells
     return d, fm
 
-# %% ../nbs/94_docs.ipynb #ce7d9a6c
+# %% ../nbs/94_docs.ipynb #556188f1
 def render_cells(nb: dict, nb_dir: Path) -> str:
     "HTML of the cells (nbconvert's basic template, images embedded, inputs tagged `remove_input` hidden)."
     from nbconvert import HTMLExporter
@@ -149,12 +159,14 @@ def render_cells(nb: dict, nb_dir: Path) -> str:
     c.TagRemovePreprocessor.remove_input_tags = {"remove_input"}
     c.TagRemovePreprocessor.remove_cell_tags = {"remove_cell"}
     ex = HTMLExporter(config=c, template_name="basic", embed_images=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    for i, cell in enumerate(nb["cells"]): cell.setdefault("id", f"cell-{i}")
     node = nbformat.reads(json.dumps(nb), as_version=4)              # joins multi-line strings as nbformat does
     body, _ = ex.from_notebook_node(node, resources={"metadata": {"path": str(nb_dir)}})
     return body
 
-# %% ../nbs/94_docs.ipynb #9c1ec3f1
-_HREF = re.compile(r'(href|src)="([^"]*)"')
+# %% ../nbs/94_docs.ipynb #a68cff22
+_HREF = re.compile(r'(<(?:a|img)\b[^>]*?\s(?:href|src)=")([^"]*)(")')           # attributes of real links and images only
+_ATTRS = re.compile(r'(<a [^>]*)>([^<]*)</a>\{([^}]*)\}')                          # pandoc `[text](url){attrs}` left by show_doc
 
 def _site_prefix() -> str:
     from nbdev.config import get_config
@@ -168,14 +180,15 @@ def rewrite_links(body: str, page: Page, pages: list[Page], nbs: Path, prefix: s
     here = Path(page.href).parent
     def rel(target: str, frag: str) -> str: return os.path.relpath(target, here) + (f"#{frag}" if frag else "")
     def sub(m):
-        attr, url = m.groups()
+        head, url, tail = m.groups()
         if prefix and url.startswith(prefix):
             u = urlsplit(url[len(prefix):])
-            return f'{attr}="{rel(u.path or "index.html", u.fragment)}"'
+            return head + rel(u.path or "index.html", u.fragment) + tail
         u = urlsplit(url)
         if u.scheme or u.netloc or not u.path.endswith(".ipynb"): return m.group(0)
         target = (page.src.parent / unquote(u.path)).resolve()
-        return f'{attr}="{rel(by_src[target], u.fragment)}"' if target in by_src else m.group(0)
+        return head + rel(by_src[target], u.fragment) + tail if target in by_src else m.group(0)
+    body = _ATTRS.sub(lambda m: f'{m.group(1)} {html.unescape(m.group(3))}>{m.group(2)}</a>', body)
     return _HREF.sub(sub, body)
 
 def check_site(out) -> dict:
@@ -185,13 +198,13 @@ def check_site(out) -> dict:
     for p in pages:
         text = (out / p).read_text()
         images += text.count('src="data:image/')
-        for attr, url in _HREF.findall(text):
+        for _, url, _ in _HREF.findall(text):
             u = urlsplit(html.unescape(url))
             if u.scheme or u.netloc or not u.path: continue
             if not (out / p).parent.joinpath(unquote(u.path)).resolve().exists(): broken.append((p, url))
     return {"pages": pages, "broken": broken, "images": images}
 
-# %% ../nbs/94_docs.ipynb #d96ffac5
+# %% ../nbs/94_docs.ipynb #a6b1e8df
 CSS = """
 :root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --bg2:#f6f8fa; --accent:#0969da; }
 * { box-sizing: border-box; }
@@ -223,7 +236,10 @@ p.lead { margin:0 0 1.5rem; color:var(--muted); font-size:1.05rem; }
 .output_markdown hr { border:0; border-top:1px solid var(--line); margin:1.8rem 0 0; }
 .text_cell_render code, .output_markdown code { background:var(--bg2); padding:.1em .3em; border-radius:4px; font-size:.88em; }
 table { border-collapse:collapse; font-size:.88rem; margin:.4rem 0; }
-th, td { border:1px solid var(--line); padding:.25rem .55rem; text-align:right; }
+th, td { border:1px solid var(--line); padding:.25rem .55rem; text-align:left; vertical-align:top; }
+table.dataframe td { text-align:right; }
+a.anchor-link { visibility:hidden; margin-left:.3em; font-size:.8em; }
+h1:hover > a.anchor-link, h2:hover > a.anchor-link, h3:hover > a.anchor-link, h4:hover > a.anchor-link { visibility:visible; }
 th { background:var(--bg2); }
 .contents dt { margin-top:.5rem; font-weight:600; } .contents dd { margin:0 0 .3rem 1rem; color:var(--muted); }
 footer.pager { display:flex; justify-content:space-between; margin-top:3rem; padding-top:1rem; border-top:1px solid var(--line); }
@@ -263,7 +279,7 @@ def _contents(pages: list[Page]) -> str:
                                                      for p in items) + "</dl>")
     return "".join(out) + "</div>"
 
-# %% ../nbs/94_docs.ipynb #ec05d11a
+# %% ../nbs/94_docs.ipynb #cf5a26bc
 def _settings() -> dict:
     from configparser import ConfigParser
     c = ConfigParser(delimiters=["="]); c.read(paths().home / "settings.ini")
@@ -313,3 +329,28 @@ def build_docs(out="_docs", execute: bool = True) -> Path:
     for page, url in report["broken"]: logger.warning("docs: broken link %s in %s", url, page)
     logger.info("docs: %d pages, %d images, %d broken links in %s", len(report["pages"]), report["images"], len(report["broken"]), site)
     return site
+
+# %% ../nbs/94_docs.ipynb #e5cef046
+def write_readme(dest=None, execute: bool = True, images_dir: str = "results/docs/readme") -> Path:
+    "Render `nbs/index.ipynb` (with outputs) to `README.md` as Markdown."
+    from nbconvert import MarkdownExporter
+    from traitlets.config import Config as TConfig
+    home, nbs = paths().home, paths().nbs
+    src = nbs / "index.ipynb"
+    if not src.exists(): raise FileNotFoundError(f"no front page notebook: {src}")
+    dest = Path(dest) if dest else home / "README.md"
+    nb, fm = process_notebook(src, execute=execute)
+    c = TConfig()
+    c.TagRemovePreprocessor.enabled = True
+    c.TagRemovePreprocessor.remove_input_tags = {"remove_input"}
+    node = nbformat.reads(json.dumps(nb), as_version=4)
+    body, res = MarkdownExporter(config=c).from_notebook_node(node, resources={"metadata": {"path": str(nbs)}, "output_files_dir": images_dir})
+    imgs = home / images_dir
+    if res.get("outputs"):
+        if imgs.exists(): shutil.rmtree(imgs)
+        for name, data in res["outputs"].items(): atomic_write(home / name, data)
+    rel = os.path.relpath(nbs, dest.parent)
+    body = re.sub(r"\]\((?![a-z]+:|#|/)([^)\s]+\.ipynb(?:#[^)]*)?)\)", lambda m: f"]({rel}/{m.group(1)})", body)
+    head = f"# {fm.get('title', _settings().get('title', 'labnb'))}\n\n" + (f"> {fm['description']}\n\n" if fm.get("description") else "")
+    atomic_write(dest, head + re.sub(r"\n{3,}", "\n\n", body).strip() + "\n")
+    return dest

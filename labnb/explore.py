@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['Explorer', 'explore', 'SweepStatus', 'sweep_status']
 
-# %% ../nbs/93_explore.ipynb #10d91086
+# %% ../nbs/93_explore.ipynb #59bda14c
 import html, io, os, threading, time
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from .core import paths
 from .store import StatusTable
 from .sweep import _sweep_dir, read_index, sweep_rows
 
-# %% ../nbs/93_explore.ipynb #4059c899
+# %% ../nbs/93_explore.ipynb #8f2f6670
 def _label(col: str) -> str: return col.split(".", 1)[1]
 
 def _png(fig) -> bytes:
@@ -48,7 +48,7 @@ class Explorer(widgets.VBox):
         super().__init__([controls, self.plot, self.table])
         self.update()
 
-# %% ../nbs/93_explore.ipynb #09ca8a09
+# %% ../nbs/93_explore.ipynb #7ae5e4ef
 def _selected(self) -> pd.DataFrame:
     "Runs passing every parameter filter."
     keep = np.ones(len(self.df), bool)
@@ -96,7 +96,7 @@ def explore(experiment: str, **kw) -> Explorer:
     "An ipywidgets explorer over `results/{experiment}/index.csv`."
     return Explorer(experiment, **kw)
 
-# %% ../nbs/93_explore.ipynb #0dabd290
+# %% ../nbs/93_explore.ipynb #2da459aa
 class SweepStatus(widgets.VBox):
     "A live view of a sweep's status table."
     def __init__(self, sweep: str):

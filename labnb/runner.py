@@ -7,7 +7,7 @@ __all__ = ['RESERVED', 'KERNEL', 'TemplateError', 'ParamError', 'templates', 'fi
            'params_cell', 'template_params', 'parse_cli_value', 'validate_params', 'params_hash', 'make_run_id',
            'RunFailed', 'RunResult', 'rel_home', 'strip_home', 'run_template', 'scratch_home']
 
-# %% ../nbs/90_runner.ipynb #55a2a041
+# %% ../nbs/90_runner.ipynb #302cffbc
 import ast, contextlib, hashlib, io, json, logging, os, re, shutil, tempfile, time, tokenize, traceback, types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,7 @@ import yaml
 from .core import ConfigError, _coerce, _type_name, logger, now_iso, paths
 from .store import RunFolder, atomic_write, atomic_write_yaml, read_json
 
-# %% ../nbs/90_runner.ipynb #2fc62b6b
+# %% ../nbs/90_runner.ipynb #ecb54063
 class TemplateError(ConfigError):
     "A template is missing or its parameters cell cannot be read."
     def __init__(self, msg: str, source: str|None = None): super().__init__("template", msg, source)
@@ -39,7 +39,7 @@ def find_template(template: str|Path) -> Path:
     if str(template) in found: return found[str(template)]
     raise TemplateError(f"unknown template {str(template)!r} (available: {', '.join(found) or 'none'} in {paths().experiments})")
 
-# %% ../nbs/90_runner.ipynb #e8a315dd
+# %% ../nbs/90_runner.ipynb #0c741cee
 @dataclass
 class Param:
     "One typed parameter of a template."
@@ -80,7 +80,7 @@ def parse_params(src: str, source: str = "<parameters>") -> dict[str, Param]:
         out[name] = Param(name, tp, _coerce(default, tp, name, source), notes.get(node.lineno, ""))
     return out
 
-# %% ../nbs/90_runner.ipynb #9cbf4dfc
+# %% ../nbs/90_runner.ipynb #8b2423f7
 def params_cell(nb) -> tuple[int, str]:
     "Index and source of the cell tagged `parameters`."
     for i, c in enumerate(nb.cells):
@@ -94,7 +94,7 @@ def template_params(template: str|Path) -> dict[str, Param]:
     if i < 0: raise TemplateError("no cell tagged `parameters`", str(path))
     return parse_params(src, source=str(path))
 
-# %% ../nbs/90_runner.ipynb #3d552344
+# %% ../nbs/90_runner.ipynb #029ca0e9
 RESERVED = ("run_dir",)
 
 def _accepts_str(tp) -> bool:
@@ -106,10 +106,10 @@ def parse_cli_value(raw: str, tp):
     try: return yaml.safe_load(raw)
     except yaml.YAMLError: return raw
 
-def validate_params(template: str|Path, given: dict, from_cli: bool = False) -> dict:
+def validate_params(template: str|Path, given: dict, from_cli: bool = False, spec: dict|None = None) -> dict:
     "Defaults of `template` updated with `given`, type-checked; raises `ParamError` naming the bad parameter."
     path = find_template(template)
-    spec = template_params(path)
+    spec = spec or template_params(path)
     for k in given:
         if k in RESERVED: raise ParamError(k, "is set by the runner, not by the user", str(path))
         if k not in spec:
@@ -121,7 +121,7 @@ def validate_params(template: str|Path, given: dict, from_cli: bool = False) -> 
         except ConfigError as e: raise ParamError(k, str(e).split(": ", 1)[1] + f" (template {path.stem})", str(path)) from None
     return out
 
-# %% ../nbs/90_runner.ipynb #7a6abf7c
+# %% ../nbs/90_runner.ipynb #8fcc6ea5
 def _fmt(v) -> str:
     if isinstance(v, (list, tuple)): return ",".join(_fmt(x) for x in v)
     if isinstance(v, dict): return ",".join(f"{k}:{_fmt(x)}" for k, x in v.items())
@@ -137,7 +137,7 @@ def make_run_id(params: dict, defaults: dict|None = None, max_len: int = 80) -> 
     slug = re.sub(r"[^A-Za-z0-9._=,:+-]+", "_", "-".join(changed))[:max_len].strip("-_") or "defaults"
     return f"{slug}-{params_hash(params)}"
 
-# %% ../nbs/90_runner.ipynb #0eb65e66
+# %% ../nbs/90_runner.ipynb #bae5738d
 class RunFailed(RuntimeError):
     "A template run raised; the partial notebook and the log stay in the run folder."
     def __init__(self, msg: str, notebook: Path, log: Path):
@@ -156,7 +156,7 @@ class RunResult:
     @property
     def notebook(self) -> Path: return self.run_dir / f"{self.experiment}.ipynb"
 
-# %% ../nbs/90_runner.ipynb #c997770a
+# %% ../nbs/90_runner.ipynb #9c2b72c7
 def rel_home(p) -> str:
     "A path relative to the labnb home when inside it, else unchanged."
     p, h = Path(p).resolve(), paths().home
@@ -181,7 +181,7 @@ def _relativize_notebook(nb_path: Path):
     if pm: nb.metadata["papermill"] = strip_home(json.loads(json.dumps(pm)))
     atomic_write(nb_path, nbformat.writes(nb))
 
-# %% ../nbs/90_runner.ipynb #627e4488
+# %% ../nbs/90_runner.ipynb #e755f0a7
 class _QuietParamInspection(logging.Filter):
     "Drop papermill's own parameters-cell warnings: its regex misreads comments holding `=`; the runner has checked the cell with `ast`."
     def filter(self, rec): return not rec.getMessage().startswith(("Unable to parse line", "Passed unknown parameter"))
@@ -199,7 +199,7 @@ def run_template(template: str|Path, params: dict|None = None, force: bool = Fal
     path = find_template(template)
     experiment = path.stem
     spec = template_params(path)
-    values = validate_params(path, params or {}, from_cli=from_cli)
+    values = validate_params(path, params or {}, from_cli=from_cli, spec=spec)
     defaults = {k: p.default for k, p in spec.items() if k not in RESERVED}
     run_id = run_id or make_run_id(values, defaults)
     run = RunFolder(paths().run_dir(experiment, run_id))
@@ -236,7 +236,7 @@ def run_template(template: str|Path, params: dict|None = None, force: bool = Fal
 
 KERNEL = os.environ.get("LABNB_KERNEL", "labnb")
 
-# %% ../nbs/90_runner.ipynb #a812ee45
+# %% ../nbs/90_runner.ipynb #8b9aaf74
 @contextlib.contextmanager
 def scratch_home(templates_: tuple[str, ...] = ("smoke",), extra: dict[str, str]|None = None):
     "A temporary labnb home holding copies of the named templates (plus `extra` {name: notebook json}); yields its path."

@@ -7,7 +7,7 @@ __all__ = ['CLUSTERS', 'EXECUTORS', 'ClusterConfig', 'SweepRun', 'Sweep', 'load_
            'read_index', 'execute_unit', 'LocalExecutor', 'local_cluster', 'slurm_cluster', 'DaskExecutor',
            'slurm_job_script', 'SweepResult', 'run_sweep', 'sweep_rows', 'status_report']
 
-# %% ../nbs/91_sweep.ipynb #4e0b8309
+# %% ../nbs/91_sweep.ipynb #d8814b28
 import concurrent.futures as cf, itertools, logging, os, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,7 @@ from .core import Config, ConfigError, from_dict, logger, paths, read_yaml, reso
 from .store import RunFolder, StatusTable, atomic_write, read_json
 from .runner import ParamError, find_template, rel_home, run_template, validate_params, make_run_id, template_params, RESERVED
 
-# %% ../nbs/91_sweep.ipynb #b3174888
+# %% ../nbs/91_sweep.ipynb #08b06ec6
 @dataclass
 class ClusterConfig(Config):
     "Where Dask runs the sweep: a local cluster, SLURM jobs (dask-jobqueue), or an existing scheduler."
@@ -64,7 +64,7 @@ class Sweep:
     @property
     def status(self) -> StatusTable: return StatusTable(self.dir / "status.sqlite")
 
-# %% ../nbs/91_sweep.ipynb #c0e0e52e
+# %% ../nbs/91_sweep.ipynb #d8c3b787
 _TOP = {"name", "max_parallel", "executor", "cluster", "runs"}
 _BLOCK = {"template", "params", "grid", "list"}
 
@@ -81,11 +81,12 @@ def _expand_block(block: dict, where: str, source: str) -> list[SweepRun]:
     for t in tmpls:
         try: path = find_template(t)
         except ConfigError as e: raise ConfigError(f"{where}.template", str(e).split(": ", 1)[1], source) from None
-        defaults = {k: p.default for k, p in template_params(path).items() if k not in RESERVED}
+        spec = template_params(path)
+        defaults = {k: p.default for k, p in spec.items() if k not in RESERVED}
         for combo in itertools.product(*grid.values()):
             for extra in lst:
                 given = {**fixed, **dict(zip(grid, combo)), **extra}
-                try: values = validate_params(path, given)
+                try: values = validate_params(path, given, spec=spec)
                 except ParamError as e:
                     raise ParamError(e.key, str(e).split(": ", 1)[1].split(" (in ")[0] + f" in {where}", source) from None
                 out.append(SweepRun(path.stem, values, make_run_id(values, defaults)))
@@ -112,7 +113,7 @@ def load_sweep(path) -> Sweep:
     cluster = from_dict(ClusterConfig, d.get("cluster") or {}, source=source, prefix="cluster.")
     return Sweep(str(d.get("name") or path.stem), runs, mp, ex, cluster, source)
 
-# %% ../nbs/91_sweep.ipynb #55a2617a
+# %% ../nbs/91_sweep.ipynb #3ff17e3c
 def _flat(d: dict, prefix: str) -> dict:
     out = {}
     for k, v in d.items():
@@ -152,7 +153,7 @@ def read_index(experiment: str) -> pd.DataFrame:
     if not f.exists(): raise FileNotFoundError(f"no index for experiment {experiment!r}: {f} (run a sweep first)")
     return pd.read_csv(f)
 
-# %% ../nbs/91_sweep.ipynb #65aa10e0
+# %% ../nbs/91_sweep.ipynb #153295bb
 def execute_unit(home: str, template: str, params: dict, force: bool = False) -> dict:
     "Run one sweep unit (in a worker): the runner's result or error as a plain dict."
     if home and os.environ.get("LABNB_HOME") != home: os.environ["LABNB_HOME"] = home
@@ -160,7 +161,7 @@ def execute_unit(home: str, template: str, params: dict, force: bool = False) ->
     except Exception as e: return {"ok": False, "error": f"{type(e).__name__}: {e}"}
     return {"ok": True, "status": r.status, "run_id": r.run_id, "seconds": round(r.seconds, 3), "params": r.params, "metrics": r.metrics}
 
-# %% ../nbs/91_sweep.ipynb #790b84e9
+# %% ../nbs/91_sweep.ipynb #6e3aea8e
 class LocalExecutor:
     "Units in local worker processes."
     def __init__(self, max_parallel: int = 1, cluster: ClusterConfig|None = None):
@@ -211,14 +212,14 @@ class DaskExecutor:
 
 EXECUTORS = {"local": LocalExecutor, "dask": DaskExecutor}
 
-# %% ../nbs/91_sweep.ipynb #4ca1279d
+# %% ../nbs/91_sweep.ipynb #d2827753
 def slurm_job_script(cluster: dict|ClusterConfig, scheduler: str = "tcp://SCHEDULER:8786") -> str:
     "The sbatch script dask-jobqueue submits for a `cluster:` section (kind slurm); nothing is submitted."
     from dask_jobqueue.slurm import SLURMJob
     cfg = cluster if isinstance(cluster, ClusterConfig) else from_dict(ClusterConfig, {"kind": "slurm", **cluster}, prefix="cluster.")
     return SLURMJob(scheduler=scheduler, name=f"{cfg.job_name}-worker", **_slurm_kwargs(cfg)).job_script()
 
-# %% ../nbs/91_sweep.ipynb #4bcfe1ce
+# %% ../nbs/91_sweep.ipynb #359e5cbb
 @dataclass
 class SweepResult:
     name: str
@@ -273,7 +274,7 @@ def run_sweep(sweep, retry_failed: bool = False, max_parallel: int|None = None, 
     counts = {s: sum(u.status == s for u in rows) for s in ("pending", "running", "completed", "failed", "skipped")}
     return SweepResult(sw.name, counts, [(u.unit, u.error or "") for u in rows if u.status == "failed"], st.path)
 
-# %% ../nbs/91_sweep.ipynb #9600da5c
+# %% ../nbs/91_sweep.ipynb #e7b9d07e
 def _sweep_dir(sweep) -> Path:
     p = Path(sweep)
     name = (yaml.safe_load(p.read_text()) or {}).get("name") or p.stem if p.suffix in (".yaml", ".yml") and p.is_file() else str(sweep)

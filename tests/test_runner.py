@@ -1,25 +1,27 @@
-"End-to-end tests of the runner, sweeps (kill and resume, Dask), CLI validation and the docs build."
+"End-to-end tests of the runner, sweeps (kill and resume, Dask), CLI validation, promotion and the docs build."
 import os, shutil, signal, sqlite3, subprocess, sys, time
 from pathlib import Path
 
+import nbformat
 import pytest
 
-from labnb.cli import main
+from labnb.cli import SKIP_EXEC, main
 from labnb.core import paths
+from labnb.docs import build_docs, check_site, find_pages
 from labnb.runner import scratch_home
 from labnb.store import StatusTable
 
 REPO = paths().home
 SWEEP = REPO / "configs" / "sweeps" / "smoke.yaml"
-LABNB = [str(Path(sys.executable).parent / "labnb")] if (Path(sys.executable).parent / "labnb").exists() else \
-        [sys.executable, "-c", "import sys; from labnb.cli import main; sys.exit(main())"]
+_BIN = Path(sys.executable).parent / "labnb"
+LABNB = [str(_BIN)] if _BIN.exists() else [sys.executable, "-c", "import sys; from labnb.cli import main; sys.exit(main())"]
 
 
 def _units(status_file: Path) -> dict:
     return {u.unit: u for u in StatusTable(status_file).rows()}
 
 
-def _wait_completed(status_file: Path, n: int, timeout: float = 120) -> None:
+def _wait_completed(status_file: Path, n: int, timeout: float = 180) -> None:
     t0 = time.time()
     while time.time() - t0 < timeout:
         if status_file.exists():
@@ -30,40 +32,65 @@ def _wait_completed(status_file: Path, n: int, timeout: float = 120) -> None:
     raise TimeoutError(f"fewer than {n} runs completed in {timeout} s")
 
 
-def test_sigkill_resume_then_dask_gives_same_index():
+@pytest.fixture(scope="module")
+def killed_and_resumed():
+    "The smoke sweep (6 runs) killed with SIGKILL after two runs, then resumed: (home, before, after, index text)."
     with scratch_home() as h:
         sweep = h / "smoke.yaml"; shutil.copy(SWEEP, sweep)
         status = h / "results" / "sweeps" / "smoke" / "status.sqlite"
         p = subprocess.Popen([*LABNB, "sweep", str(sweep), "--max-parallel", "1"], cwd=h, env=os.environ.copy(),
-                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try: _wait_completed(status, 2)
         finally: os.killpg(p.pid, signal.SIGKILL); p.wait()
         before = _units(status)
-        done = {u: r for u, r in before.items() if r.status == "completed"}
-        assert 2 <= len(done) < 6, before
-        mtimes = {u: (h / "results" / u / "smoke.ipynb").stat().st_mtime_ns for u in done}
-        interrupted = [u for u, r in before.items() if r.status == "running"]
-
+        mtimes = {u: (h / "results" / u / "smoke.ipynb").stat().st_mtime_ns for u, r in before.items() if r.status == "completed"}
         r = subprocess.run([*LABNB, "sweep", str(sweep), "--max-parallel", "2"], cwd=h, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
-        after = _units(status)
-        assert all(x.status == "completed" for x in after.values()) and len(after) == 6
-        for u, old in done.items():      # finished before the kill: never executed again
-            assert (after[u].attempts, after[u].finished) == (1, old.finished), u
-            assert (h / "results" / u / "smoke.ipynb").stat().st_mtime_ns == mtimes[u]
-        for u in interrupted: assert after[u].attempts == 2, u    # killed mid-run: ran once more
-        resumed_index = (h / "results" / "smoke" / "index.csv").read_text()
-        st = subprocess.run([*LABNB, "status", "smoke"], cwd=h, capture_output=True, text=True)
-        assert st.returncode == 0 and "6 completed" in st.stdout, st.stdout
+        yield h, before, mtimes, _units(status), (h / "results" / "smoke" / "index.csv").read_text()
 
+
+def test_resume_after_sigkill_reruns_nothing_completed(killed_and_resumed):
+    h, before, mtimes, after, index = killed_and_resumed
+    done = {u: r for u, r in before.items() if r.status == "completed"}
+    assert 2 <= len(done) < 6, before
+    assert len(after) == 6 and all(x.status == "completed" for x in after.values())
+    for u, old in done.items():          # finished before the kill: never executed again
+        assert (after[u].attempts, after[u].finished) == (1, old.finished), u
+        assert (h / "results" / u / "smoke.ipynb").stat().st_mtime_ns == mtimes[u]
+    for u, old in before.items():        # killed mid-run: ran once more
+        if old.status == "running": assert after[u].attempts == 2, u
+    assert len(index.splitlines()) == 7
+    st = subprocess.run([*LABNB, "status", "smoke"], cwd=h, capture_output=True, text=True)
+    assert st.returncode == 0 and "6 completed" in st.stdout, st.stdout
+
+
+def test_uninterrupted_dask_sweep_gives_the_same_index(killed_and_resumed):
+    resumed_index = killed_and_resumed[-1]
     with scratch_home() as h:           # the same sweep, uninterrupted, through Dask on a LocalCluster
         sweep = h / "smoke.yaml"; shutil.copy(SWEEP, sweep)
         r = subprocess.run([*LABNB, "sweep", str(sweep), "--executor", "dask", "--max-parallel", "2"], cwd=h,
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
-        dask_index = (h / "results" / "smoke" / "index.csv").read_text()
-    assert len(dask_index.splitlines()) == 7
-    assert dask_index == resumed_index
+        assert (h / "results" / "smoke" / "index.csv").read_text() == resumed_index
+
+
+def test_promote_then_docs_site(killed_and_resumed, capsys):
+    h, *_ , index = killed_and_resumed
+    run_id = index.splitlines()[1].split(",")[0]
+    assert main(["promote", f"results/smoke/{run_id}", "smoke_run"]) == 0
+    dest = h / "nbs" / "runs" / "smoke_run.ipynb"
+    nb = nbformat.read(dest, as_version=4)
+    assert (nb.cells[0].cell_type, nb.cells[0].source) == ("raw", SKIP_EXEC) and str(h) not in dest.read_text()
+    for name in ("index.ipynb", "90_runner.ipynb", "91_sweep.ipynb", "94_docs.ipynb"): shutil.copy(REPO / "nbs" / name, h / "nbs" / name)
+    site = build_docs(h / "_docs", execute=False)
+    rep = check_site(site)
+    assert sorted(p.href for p in find_pages(h / "nbs")) == rep["pages"]        # every notebook has a page
+    assert {"index.html", "runner.html", "sweep.html", "docs.html", "experiments/smoke.html", "runs/smoke_run.html"} <= set(rep["pages"])
+    assert rep["broken"] == [], rep["broken"]                                   # every relative link resolves
+    run_page = (site / "runs" / "smoke_run.html").read_text()
+    assert 'src="data:image/png;base64,' in run_page and "test_mse" in run_page  # the run's figure and metrics
+    assert 'href="../runner.html"' in run_page                                   # the sidebar, relative to the page
+    assert "run_template" in (site / "runner.html").read_text()                  # API reference from show_doc
 
 
 def _cli(*argv, capsys):
@@ -71,7 +98,7 @@ def _cli(*argv, capsys):
     return code, capsys.readouterr()
 
 
-def test_bad_parameters_exit_2_before_anything_runs(capsys, tmp_path):
+def test_bad_parameters_exit_2_before_anything_runs(capsys):
     with scratch_home() as h:
         code, out = _cli("run", "smoke", "-p", "degre", "3", capsys=capsys)
         assert code == 2 and "degre: unknown parameter" in out.err
