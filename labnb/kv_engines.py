@@ -7,7 +7,7 @@ __all__ = ['PRESSES', 'RETRYABLE', 'ENGINES', 'GenRequest', 'GenResult', 'trunca
            'make_press', 'split_prompt', 'count_prompt_tokens', 'cache_bytes', 'TransformersEngine', 'Pacer',
            'OpenAIEngine', 'make_engine']
 
-# %% ../nbs/33_kv_engines.ipynb #288f061e
+# %% ../nbs/33_kv_engines.ipynb #2fa7a280
 import contextlib, json, random, threading, time
 from dataclasses import dataclass, field, asdict
 from typing import Any, Callable
@@ -16,7 +16,7 @@ import torch
 
 from .core import logger
 
-# %% ../nbs/33_kv_engines.ipynb #ef45a431
+# %% ../nbs/33_kv_engines.ipynb #7f874578
 @dataclass
 class GenRequest:
     context: str                   # the compressible part (task template applied, no chat wrapping)
@@ -52,7 +52,7 @@ def truncate_at_stop(text: str, stop) -> tuple[str, bool]:
     cuts = [i for s in stop or () if s and (i := text.find(s, start)) >= 0]
     return (text[:min(cuts)], True) if cuts else (text, False)
 
-# %% ../nbs/33_kv_engines.ipynb #ff84c970
+# %% ../nbs/33_kv_engines.ipynb #2758e643
 @dataclass(frozen=True)
 class PressSpec:
     cls: str|None                  # class name in kvpress (None: no compression)
@@ -88,7 +88,7 @@ def make_press(name: str, ratio_removed: float, **overrides):
     import kvpress
     return getattr(kvpress, spec.cls)(compression_ratio=ratio_removed, **{**spec.kwargs, **overrides})
 
-# %% ../nbs/33_kv_engines.ipynb #7d12edf7
+# %% ../nbs/33_kv_engines.ipynb #bb43bf66
 def split_prompt(tokenizer, context: str, question: str, answer_prefix: str = "", style: str = "plain") -> tuple[str, str]:
     "(context text, question text) exactly as prefilled and then fed by the engines."
     if style == "plain" or tokenizer.chat_template is None:
@@ -104,7 +104,7 @@ def count_prompt_tokens(tokenizer, context: str, question: str, answer_prefix: s
     c, q = split_prompt(tokenizer, context, question, answer_prefix, style)
     return len(tokenizer.encode(c, add_special_tokens=False)) + len(tokenizer.encode(q, add_special_tokens=False))
 
-# %% ../nbs/33_kv_engines.ipynb #6cba2744
+# %% ../nbs/33_kv_engines.ipynb #2fa78a35
 def cache_bytes(cache) -> int:
     "Bytes of all key/value tensors held by a transformers cache."
     return int(sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
@@ -142,7 +142,7 @@ class TransformersEngine:
         return make_press(req.press, compression_ratio(req.budget_kind, req.budget, context_len), **self.press_kwargs.get(req.press, {}))
     def close(self): pass
 
-# %% ../nbs/33_kv_engines.ipynb #2b03a940
+# %% ../nbs/33_kv_engines.ipynb #11aef6ab
 class _Emitter:
     "Streams the decoded answer as deltas, holding back a possible stop-string prefix or a partial character."
     def __init__(self, tokenizer, stop, fn):
@@ -200,7 +200,7 @@ def _generate(self, req: GenRequest, on_failure: Callable|None = None, on_text: 
         return GenResult(error_type="ENGINE_ERROR", error=msg, latency_s=time.perf_counter() - t0)
 TransformersEngine.generate = _generate
 
-# %% ../nbs/33_kv_engines.ipynb #c7e71b59
+# %% ../nbs/33_kv_engines.ipynb #e9378578
 RETRYABLE = {"TIMEOUT", "HTTP_429", "HTTP_5XX", "CONNECTION", "BAD_RESPONSE"}
 
 class Pacer:
@@ -228,7 +228,7 @@ def _retry_after(headers) -> float|None:
     try: return float(headers.get("retry-after"))
     except (TypeError, ValueError): return None
 
-# %% ../nbs/33_kv_engines.ipynb #5fb563d9
+# %% ../nbs/33_kv_engines.ipynb #f4319fee
 class OpenAIEngine:
     "An OpenAI-compatible server (`kind` 'chat' or 'completions') with retries, backoff, streaming telemetry and pacing."
     def __init__(self, base_url: str, model: str, kind: str = "chat", api_key: str = "", timeout_s: float = 120.0,
@@ -261,9 +261,9 @@ class OpenAIEngine:
         return body
     def backoff(self, attempt: int, retry_after: float|None) -> float:
         if retry_after is not None: return min(retry_after, self.backoff_max_s)
-        return min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1)) * (1 + 0.25 * self.rng.random())
+        return min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1) * (1 + 0.25 * self.rng.random()))
 
-# %% ../nbs/33_kv_engines.ipynb #f52d943d
+# %% ../nbs/33_kv_engines.ipynb #050bec6f
 def _attempt(self, body: dict, t0: float) -> GenResult:
     "One streamed HTTP attempt; raises `_Failure` with a classified error."
     import httpx
@@ -313,7 +313,7 @@ def _http_generate(self, req: GenRequest, on_failure: Callable|None = None) -> G
             time.sleep(wait)
 OpenAIEngine._attempt, OpenAIEngine.generate = _attempt, _http_generate
 
-# %% ../nbs/33_kv_engines.ipynb #80bcce40
+# %% ../nbs/33_kv_engines.ipynb #01ab28ba
 ENGINES: dict[str, Callable] = {
     "transformers": lambda c: TransformersEngine(c.model, prompt_style=c.prompt_style, press_kwargs=c.press_kwargs, threads=c.threads),
     "openai_chat": lambda c: OpenAIEngine(c.base_url, c.model, "chat", c.api_key, c.timeout_s, c.max_retries, c.backoff_s,

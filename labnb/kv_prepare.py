@@ -6,7 +6,7 @@
 __all__ = ['PROMPTS', 'TASKS', 'PromptTemplate', 'prompt_hash', 'TaskSpec', 'load_tokenizer', 'quantile_bins', 'pool_ranks',
            'templates_of', 'styles_of', 'prompt_hash_of', 'prepare', 'selected_ids', 'read_manifest']
 
-# %% ../nbs/32_kv_prepare.ipynb #9e91de5d
+# %% ../nbs/32_kv_prepare.ipynb #f26a196a
 import hashlib, json
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -18,7 +18,7 @@ from .core import paths, logger, now_iso, provenance
 from .store import atomic_write_json
 from .kv_store import KVStore, example_id, dataset_hash
 
-# %% ../nbs/32_kv_prepare.ipynb #a22a2309
+# %% ../nbs/32_kv_prepare.ipynb #637c2848
 @dataclass(frozen=True)
 class PromptTemplate:
     context: str                   # format string with {context}
@@ -29,11 +29,16 @@ class PromptTemplate:
         return self.context.format(context=ex["context"]), self.question.format(question=ex["question"]), self.answer_prefix
     def hash(self) -> str: return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
 
+_DEMO = ("Document [1](Title: Ford Motor Company) Ford Motor Company is an American multinational automaker headquartered in "
+         "Dearborn, Michigan. It was founded by Henry Ford and incorporated on June 16, 1903.\n"
+         "Question: who founded the ford motor company\nAnswer: Henry Ford\n\n")
+
 PROMPTS: dict[str, PromptTemplate] = {
     "needle": PromptTemplate("Read the text and remember the numbers in it.\n\n{context}\n\n", "Question: {question}"),
     "kv": PromptTemplate("Extract the value of the given key from the records below.\n\n{context}\n\n", "Key: {question}", "Value:"),
     "kv_json": PromptTemplate("Extract the value corresponding to the specified key in the JSON object below.\n\nJSON data:\n{context}\n\n",
                               'Key: "{question}"', "Corresponding value:"),
+    "qa_1shot": PromptTemplate("Answer the question with a short phrase from the document.\n\n" + _DEMO + "{context}\n", "Question: {question}"),
     "qa": PromptTemplate("Write a short answer to the question using the documents below.\n\n{context}\n\n", "Question: {question}"),
 }
 
@@ -42,7 +47,7 @@ def prompt_hash(templates: dict[str, str], prompt_style) -> str:
     d = {t: asdict(PROMPTS[name]) for t, name in sorted(templates.items())}
     return hashlib.sha256(json.dumps([d, prompt_style], sort_keys=True).encode()).hexdigest()[:12]
 
-# %% ../nbs/32_kv_prepare.ipynb #fd8f69d3
+# %% ../nbs/32_kv_prepare.ipynb #dea763d5
 @dataclass(frozen=True)
 class TaskSpec:
     load: Callable                 # (TaskCfg, seed) -> list[dict(question, context, answers, meta)]
@@ -102,7 +107,7 @@ def _synthetic_kv(cfg, seed: int) -> list[dict]:
                         meta=dict(n_keys=n, gold_index=gold, chance=1 / n)))
     return out
 
-# %% ../nbs/32_kv_prepare.ipynb #931ed3df
+# %% ../nbs/32_kv_prepare.ipynb #be3d8f2b
 def _records(cfg, default: str, limit: int|None = None) -> list:
     "Records of a `labnb.data` dataset (`params.dataset` overrides the default name)."
     from labnb.data import load_dataset
@@ -156,12 +161,12 @@ TASKS: dict[str, TaskSpec] = {
     "needle": TaskSpec(_needle, "needle", "seeded needle in filler sentences"),
     "synthetic_kv": TaskSpec(_synthetic_kv, "kv", "seeded word-key -> 4-digit value records"),
     "kv_retrieval": TaskSpec(_kv_retrieval, "kv_json", "lost-in-the-middle UUID key-value retrieval"),
-    "nq": TaskSpec(_nq, "qa", "lost-in-the-middle NQ-open with its gold passage (+ distractor passages)"),
+    "nq": TaskSpec(_nq, "qa_1shot", "lost-in-the-middle NQ-open with its gold passage (+ distractor passages)"),
     "longbench": TaskSpec(_longbench, "qa", "a LongBench JSONL file"),
     "leval": TaskSpec(_leval, "qa", "an L-Eval JSONL file"),
 }
 
-# %% ../nbs/32_kv_prepare.ipynb #f8e0f4f2
+# %% ../nbs/32_kv_prepare.ipynb #11bf52ff
 def load_tokenizer(name: str):
     "The tokenizer of a model name (`tiny-*`: the tiny byte-level one; offline names: their local copy)."
     from labnb import models
@@ -183,7 +188,7 @@ def pool_ranks(ids: list[str], seed: int, *key: int) -> dict[str, int]:
     perm = np.random.default_rng([seed, *key]).permutation(len(ids))
     return {ids[j]: r for r, j in enumerate(perm)}
 
-# %% ../nbs/32_kv_prepare.ipynb #9a5d3a9c
+# %% ../nbs/32_kv_prepare.ipynb #a9b6503e
 def templates_of(cfg) -> dict[str, str]:
     "Template name per task of a `KVConfig`."
     return {t.name: t.template or TASKS[t.name].template for t in cfg.prepare.tasks}
@@ -240,8 +245,11 @@ def prepare(cfg, tokenizer=None, progress: bool = True) -> dict:
     return man
 
 def selected_ids(manifest: dict, max_rank: int|None = None, store: KVStore|None = None) -> list[str]:
-    "Sampled example ids of a manifest (or, with `store` and `max_rank`, all with pool_rank < max_rank)."
-    if max_rank is None: return [i for t in manifest["tasks"].values() for ids in t["selected"].values() for i in ids]
+    """Sampled example ids of a manifest, interleaved (rank 0 of every (task, bin) first, then rank 1, ...) so that a
+    partial run covers every bin evenly; with `store` and `max_rank`: all examples with pool_rank < max_rank."""
+    if max_rank is None:
+        lists = [ids for t in manifest["tasks"].values() for ids in t["selected"].values()]
+        return [ids[r] for r in range(max(map(len, lists), default=0)) for ids in lists if r < len(ids)]
     return [e["example_id"] for e in store.examples() if e["meta"].get("pool_rank", 1 << 30) < max_rank]
 
 def read_manifest(cfg) -> dict:

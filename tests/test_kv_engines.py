@@ -33,10 +33,9 @@ def _example(n_sentences=(12, 14), i=0):
     return PROMPTS["needle"].render(e)
 
 
-@pytest.mark.parametrize("press,budget_kind,budget", [("snapkv", "ratio", 0.5), ("knorm", "ratio", 0.25),
-                                                      ("streaming_llm", "ratio", 0.1), ("expected_attention", "ratio", 0.5),
-                                                      ("snapkv", "tokens", 96), ("none", "ratio", 1.0)])
-@pytest.mark.parametrize("style", ["chat", "plain"])
+@pytest.mark.parametrize("press,budget_kind,budget,style", [
+    ("snapkv", "ratio", 0.5, "chat"), ("knorm", "ratio", 0.25, "chat"), ("streaming_llm", "ratio", 0.2, "plain"),
+    ("expected_attention", "ratio", 0.5, "plain"), ("snapkv", "tokens", 80, "plain")])
 def test_same_text_as_kvpress_pipeline(smol, press, budget_kind, budget, style):
     "Same example, press and budget: labnb's engine and kvpress's pipeline produce exactly the same text."
     from kvpress import KVPressTextGenerationPipeline
@@ -45,14 +44,14 @@ def test_same_text_as_kvpress_pipeline(smol, press, budget_kind, budget, style):
     ptok = tok if style == "chat" else copy.deepcopy(tok)
     if style == "plain": ptok.chat_template = None                    # the pipeline's plain path: BOS + context, "\n"
     eng = TransformersEngine(model, tok, prompt_style=style, model_name="smollm2-135m")
-    c, q, a = _example()
-    req = GenRequest(c, q, a, press=press, budget_kind=budget_kind, budget=budget, max_new_tokens=12)
+    c, q, a = _example((6, 8))
+    req = GenRequest(c, q, a, press=press, budget_kind=budget_kind, budget=budget, max_new_tokens=10)
     mine = eng.generate(req)
     assert mine.error_type is None, mine.error
     n_ctx = eng.encode(req)[0].shape[1]
     kv_press = make_press(press, compression_ratio(budget_kind, budget, n_ctx))
     pipe = KVPressTextGenerationPipeline(model=model, tokenizer=ptok)
-    ref = pipe(c, question=q, answer_prefix=a, press=kv_press, max_new_tokens=12)["answer"]
+    ref = pipe(c, question=q, answer_prefix=a, press=kv_press, max_new_tokens=10)["answer"]
     assert mine.text == ref
     assert mine.text.strip()                                           # a real answer, not two empty strings
 
