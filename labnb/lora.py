@@ -8,7 +8,7 @@ __all__ = ['TEMPLATE', 'LoraSpec', 'LoraLayout', 'lora_layout', 'init_lora', 'ra
            'encode_pairs', 'answer_loss', 'answer_metrics', 'lora_forward', 'task_pairs', 'split_pairs',
            'TeacherConfig', 'train_teacher', 'save_adapter', 'load_adapter']
 
-# %% ../nbs/24_lora.ipynb #80db653f
+# %% ../nbs/24_lora.ipynb #a0f9ecf2
 import copy, json, math, random, re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +22,7 @@ from torch.func import functional_call
 from .core import Config, ConfigError, logger, now_iso, paths, seed_everything
 from .store import atomic_path, atomic_write_json, file_sha256, read_json
 
-# %% ../nbs/24_lora.ipynb #24d38180
+# %% ../nbs/24_lora.ipynb #3463985a
 @dataclass
 class LoraSpec(Config):
     "Which linears get an adapter, and its rank and alpha."
@@ -70,7 +70,7 @@ def lora_layout(model, spec: LoraSpec) -> LoraLayout:
         raise ConfigError("lora.modules", f"no nn.Linear named {missing} in blocks {layers} of {type(model).__name__}")
     return LoraLayout(tuple(targets), spec.rank, spec.scale)
 
-# %% ../nbs/24_lora.ipynb #8c00d9b9
+# %% ../nbs/24_lora.ipynb #be90b36c
 def init_lora(layout: LoraLayout, seed: int = 0, b_std: float = 0.0) -> dict:
     "A fresh adapter: `A` Kaiming-uniform (as peft), `B` zero (or normal with `b_std`)."
     g = torch.Generator().manual_seed(seed)
@@ -100,7 +100,7 @@ def unflatten_lora(vec: torch.Tensor, layout: LoraLayout) -> dict:  # vec: [n_pa
         out[name] = (A, B)
     return out
 
-# %% ../nbs/24_lora.ipynb #01e256a5
+# %% ../nbs/24_lora.ipynb #57b60f71
 def merged_weights(model, lora: dict, scale: float) -> dict:
     "`{'<target>.weight': W + scale * B @ A}` for every target of `lora` (differentiable in A and B)."
     params = dict(model.named_parameters())
@@ -124,7 +124,7 @@ def sum_adapters(loras: Sequence[dict], weights: Sequence[float]|None = None) ->
     return {n: (torch.cat([l[n][0] for l in loras], 0), torch.cat([w * l[n][1] for l, w in zip(loras, weights)], 1))
             for n in names}
 
-# %% ../nbs/24_lora.ipynb #489be8e2
+# %% ../nbs/24_lora.ipynb #d83f275a
 def peft_config(spec: LoraSpec, n_blocks: int, init: bool = True):
     "The `peft.LoraConfig` of `spec` (no dropout) for a model with `n_blocks` blocks."
     from peft import LoraConfig
@@ -152,7 +152,7 @@ def peft_model_of(model, spec: LoraSpec, lora: dict|None = None):
                 if m := _PEFT_RE.match(k): pm.get_parameter(k).copy_(lora[m.group(1)][0 if m.group(2) == "A" else 1])
     return pm
 
-# %% ../nbs/24_lora.ipynb #13d10aa2
+# %% ../nbs/24_lora.ipynb #2b874bf8
 TEMPLATE = "Input: {input}\nOutput:"
 
 def _pad_id(tok) -> int:
@@ -194,25 +194,12 @@ def lora_forward(model, lora: dict|None, scale: float) -> Callable:
     "A `forward(**inputs) -> logits` of `model` with `lora` applied functionally (None: the base model)."
     return lambda **kw: functional_lora(model, lora, scale, **kw).logits
 
-# %% ../nbs/24_lora.ipynb #9b71aa19
-def _fv_file(task: str) -> Path:
-    root = paths().data
-    if root is None: raise FileNotFoundError("LABNB_DATA is not set: point it at the data mirror")
-    for kind in ("abstractive", "extractive"):
-        f = root / "function_vectors" / "dataset_files" / kind / f"{task}.json"
-        if f.exists(): return f
-    raise KeyError(f"task: unknown function-vector task {task!r} (no {task}.json under {root}/function_vectors)")
-
+# %% ../nbs/24_lora.ipynb #0af3c170
 def task_pairs(name: str) -> list[tuple[str, str]]:
-    "`[(input, output)]` of a task named `fv/<task>`."
+    "`[(input, output)]` of a function-vector task named `fv/<task>` (through `labnb.data`)."
+    from labnb.data import load_dataset
     if not name.startswith("fv/"): raise KeyError(f"task: {name!r} is not a function-vector task ('fv/<name>')")
-    try:
-        from labnb.data import load_dataset
-        recs = load_dataset(name)
-        return [(r.input, r.output) if hasattr(r, "input") else (r["input"], r["output"]) for r in recs]
-    except ImportError:
-        rows = json.loads(_fv_file(name[3:]).read_text())
-        return [(str(r["input"]), str(r["output"])) for r in rows]
+    return [(r.input, r.output) for r in load_dataset(name)]
 
 def split_pairs(pairs, n_train: int, n_eval: int, seed: int = 0):
     "Fixed shuffle, then `(train, eval)` of at most `n_train` / `n_eval` pairs (eval taken from the end)."
@@ -221,7 +208,7 @@ def split_pairs(pairs, n_train: int, n_eval: int, seed: int = 0):
     ev, tr = idx[:n_eval], idx[n_eval:][:n_train]
     return [pairs[i] for i in tr], [pairs[i] for i in ev]
 
-# %% ../nbs/24_lora.ipynb #a5cc5eb9
+# %% ../nbs/24_lora.ipynb #248f6263
 @dataclass
 class TeacherConfig(Config):
     "How each teacher adapter is trained."
