@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export LABNB_DATA ?= $(abspath ../shared/data)
 KERNEL := labnb
 
-.PHONY: setup demo test lint-nbs export-check nbtest pytest docs bench clean-venv
+.PHONY: setup demo test lint-nbs export-check readme nbtest pytest docs bench clean-venv
 
 $(BIN)/.installed: constraints.txt settings.ini setup.py
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,11 @@ lint-nbs:
 export-check:
 	$(BIN)/nbdev_export
 	@git diff --quiet -- labnb || { echo "labnb/ differs from nbs/: run nbdev_export and commit"; git diff --stat -- labnb; exit 1; }
+	$(MAKE) readme
+	@git diff --quiet -- README.md || { echo "README.md differs from nbs/index.ipynb: run make readme and commit"; exit 1; }
+
+readme:
+	$(BIN)/python -c "from labnb.docs import write_readme; write_readme(execute=False)"
 
 nbtest:
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/nbdev_test --n_workers 2 --timing
