@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['request_status', 'fmt', 'fmt_ci', 'md_table', 'fb', 'report_context', 'render_report', 'write_report']
 
-# %% ../nbs/38_kv_report.ipynb #f0aebb30
+# %% ../nbs/38_kv_report.ipynb #311625a8
 import math
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from .core import git_info, logger, now_iso
 from .store import atomic_write
 from .kv_analyze import AnalysisConfig, analyze, summarize, with_baseline
 
-# %% ../nbs/38_kv_report.ipynb #b7d000a8
+# %% ../nbs/38_kv_report.ipynb #307c6179
 def request_status(store) -> pd.DataFrame:
     "Per run: press, budget, planned and finished requests, missing = planned - finished."
     df = store.df("""SELECT q.run_id, u.press, u.budget_kind, u.budget, COUNT(*) AS planned,
@@ -26,7 +26,7 @@ def request_status(store) -> pd.DataFrame:
     df["missing"] = df.planned - df.finished
     return df
 
-# %% ../nbs/38_kv_report.ipynb #130d26c6
+# %% ../nbs/38_kv_report.ipynb #5187c50e
 def fmt(x, nd: int = 2) -> str:
     "A number for a table: '—' for None/NaN, `nd` decimals for floats, budgets without trailing zeros."
     if x is None or (isinstance(x, float) and math.isnan(x)): return "—"
@@ -44,7 +44,7 @@ def md_table(df: pd.DataFrame) -> str:
 
 def fb(b) -> str: return f"{float(b):g}"
 
-# %% ../nbs/38_kv_report.ipynb #b4001554
+# %% ../nbs/38_kv_report.ipynb #d687b93b
 def _budget_part(a: dict, cfg) -> tuple[str, list[str]]:
     res = with_baseline(a["results"])
     sm = summarize(res, metrics=("f1", "em", "contains", "failed"), level=cfg.level, n_boot=cfg.n_boot, seed=cfg.seed,
@@ -59,6 +59,9 @@ def _budget_part(a: dict, cfg) -> tuple[str, list[str]]:
                          "f1": fmt(r.f1), "em": fmt(r.em), "failure rate": fmt(r.failed),
                          "KV fraction": fmt(mem.get((task, press, kind, r.budget), float("nan")))})
         top, low = g.iloc[0], g.iloc[-1]
+        if len(g) < 2:
+            sents.append(f"**{press}** on {task}: only budget {fb(top.budget)} has results so far "
+                         f"({m} {fmt_ci(top[m], top[f'{m}_lo'], top[f'{m}_hi'])})."); continue
         sents.append(f"**{press}** on {task}: {m} {fmt_ci(top[m], top[f'{m}_lo'], top[f'{m}_hi'])} at budget {fb(top.budget)} → "
                      f"{fmt_ci(low[m], low[f'{m}_lo'], low[f'{m}_hi'])} at {fb(low.budget)} ({low[m] - top[m]:+.2f}); "
                      f"failure rate {fmt(top.failed)} → {fmt(low.failed)}.")
@@ -158,6 +161,9 @@ def _limitations(a: dict, status: pd.DataFrame, low: set, models: list) -> list[
     width = np.array([r[f"{mm}_hi"] - r[f"{mm}_lo"] for (_, r), mm in zip(sm.iterrows(), m)])
     out = [f"Sample size: {sm.n.min()}–{sm.n.max()} examples per (run, bin); the median width of a {a['config']['level']:.0%} CI "
            f"of the headline metric is {np.nanmedian(width):.2f}. Differences smaller than that are not resolved."]
+    if sm.n.min() < 10:
+        out.append(f"With as few as {sm.n.min()} examples in a cell the percentile bootstrap under-covers (its CIs are too "
+                   "narrow: a resample cannot vary more than the sample), so even a CI-aware transition there is tentative.")
     if int(status.missing.sum()) if len(status) else 0:
         out.append(f"PARTIAL: {int(status.missing.sum())} planned requests are missing; cells with fewer examples have wider CIs "
                    "and the missing requests are not a random sample if the run stopped early.")
@@ -173,7 +179,7 @@ def _limitations(a: dict, status: pd.DataFrame, low: set, models: list) -> list[
             "Latency was measured on a shared CPU machine: compare budgets within this run, not against other machines."]
     return out
 
-# %% ../nbs/38_kv_report.ipynb #9c9b2698
+# %% ../nbs/38_kv_report.ipynb #10d37c78
 def report_context(a: dict, status: pd.DataFrame, experiment: str, out_weight: float = 4.0) -> dict:
     "Template variables answering the report's questions from an analysis and the request status."
     cfg = AnalysisConfig.from_dict(a["config"])
@@ -202,7 +208,7 @@ def report_context(a: dict, status: pd.DataFrame, experiment: str, out_weight: f
                 efficiency_table=md_table(eff.drop(columns=["budget_kind"])), out_weight=out_weight, fig_prefix="",
                 limitations=_limitations(a, status, low, models))
 
-# %% ../nbs/38_kv_report.ipynb #0fd14f67
+# %% ../nbs/38_kv_report.ipynb #d085ebe8
 def render_report(ctx: dict, template: str = "kv_report.md.j2", directory=None) -> str:
     "Render the report template with `ctx` (undefined variables are errors)."
     import jinja2
