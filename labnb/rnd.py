@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'INPUT_MODES', 'CONTROLS', 'BASELINES', 'PAIR_FIELDS', 'RNDConfig', 'RunningMeanStd', 'mlp', 'RND',
-           'PairInputs', 'score', 'train_rnd', 'calibrate', 'cohens_d', 'auroc', 'novelty_stats', 'derangement',
-           'check_differs', 'shuffled_control', 'gaussian_control', 'make_controls', 'knn_scores', 'mahalanobis_scores',
-           'pair_texts', 'GroupSpec', 'pair_embeddings', 'evaluate', 'NoveltyExperiment', 'run_seeds', 'stats_table',
-           'summarize', 'curves_table', 'scores_table']
+           'PairInputs', 'score', 'train_rnd', 'calibration_scores', 'calibrate', 'cohens_d', 'auroc', 'novelty_stats',
+           'derangement', 'check_differs', 'shuffled_control', 'gaussian_control', 'make_controls', 'knn_scores',
+           'mahalanobis_scores', 'pair_texts', 'GroupSpec', 'pair_embeddings', 'evaluate', 'NoveltyExperiment',
+           'run_seeds', 'stats_table', 'summarize', 'curves_table', 'scores_table']
 
-# %% ../nbs/11_rnd.ipynb #8722c426
+# %% ../nbs/11_rnd.ipynb #963fbad6
 import math
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
@@ -21,7 +21,7 @@ from torch import nn
 from .core import Config, ConfigError, logger, seed_everything
 from .embeddings import embed_texts
 
-# %% ../nbs/11_rnd.ipynb #a237e82f
+# %% ../nbs/11_rnd.ipynb #489e0aa6
 ACTIVATIONS: dict[str, type] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU}
 
 @dataclass
@@ -39,6 +39,7 @@ class RNDConfig(Config):
     normalize_inputs: bool = True          # running mean/std whitening with clipping (Burda et al.)
     clip: float = 5.0                      # clip whitened inputs to [-clip, clip]
     input_mode: Literal["concat", "answer"] = "concat"   # problem+answer embeddings, or the answer's alone
+    calibration_fraction: float = 0.2      # training rows held out of fitting; calibrated scores are percentiles among them
     def validate(self):
         if self.activation not in ACTIVATIONS: raise ConfigError("activation", f"unknown {self.activation!r} (known: {', '.join(ACTIVATIONS)})")
         for k in ("target_layers", "predictor_layers"):
@@ -47,8 +48,9 @@ class RNDConfig(Config):
             if getattr(self, k) < 1: raise ConfigError(k, f"must be >= 1, got {getattr(self, k)}")
         if self.lr <= 0: raise ConfigError("lr", f"must be > 0, got {self.lr}")
         if self.clip <= 0: raise ConfigError("clip", f"must be > 0, got {self.clip}")
+        if not 0 <= self.calibration_fraction < 1: raise ConfigError("calibration_fraction", f"must be in [0, 1), got {self.calibration_fraction}")
 
-# %% ../nbs/11_rnd.ipynb #8edd8874
+# %% ../nbs/11_rnd.ipynb #6cfa02db
 class RunningMeanStd(nn.Module):
     "Running per-feature mean and variance; `normalize` whitens and clips."
     def __init__(self, dim: int, clip: float = 5.0, eps: float = 1e-8):
@@ -69,7 +71,7 @@ class RunningMeanStd(nn.Module):
         z = (x - self.mean.to(x.dtype)) / torch.sqrt(self.var.to(x.dtype) + self.eps)
         return z.clamp(-self.clip, self.clip)
 
-# %% ../nbs/11_rnd.ipynb #2efa4ea5
+# %% ../nbs/11_rnd.ipynb #89fe416c
 def mlp(d_in: int, hidden: Sequence[int], d_out: int, activation: str = "relu") -> nn.Sequential:
     "An MLP with orthogonal init (gain sqrt(2) on hidden layers, 1 on the output layer), zero biases."
     dims, layers = [d_in, *hidden], []
@@ -94,7 +96,7 @@ class RND(nn.Module):
         z = self.prepare(x)
         return (self.predictor(z) - self.target(z)).pow(2).mean(-1)
 
-# %% ../nbs/11_rnd.ipynb #8ec5bc1d
+# %% ../nbs/11_rnd.ipynb #c9f21732
 class PairInputs:
     "RND inputs built on the fly from problem and answer embedding arrays (memory-mapped or not)."
     def __init__(self, problem, answer, mode: str = "concat"):
@@ -117,46 +119,56 @@ def _rows(X, idx) -> torch.Tensor:
 
 def _dim(X) -> int: return X.dim if isinstance(X, PairInputs) else X.shape[1]
 
-# %% ../nbs/11_rnd.ipynb #253bed36
+# %% ../nbs/11_rnd.ipynb #9c94dbe7
 @torch.no_grad()
-def score(model: RND, X, batch_size: int = 1024) -> np.ndarray:
-    "Per-item prediction error (the novelty score) of every row of `X`."
+def score(model: RND, X, idx=None, batch_size: int = 1024) -> np.ndarray:
+    "Per-item prediction error (the novelty score) of the rows `idx` (default: all) of `X`."
     model.eval()
-    out = [model(torch.from_numpy(np.ascontiguousarray(X[np.arange(s, min(s + batch_size, len(X)))], dtype=np.float32)))
-           for s in range(0, len(X), batch_size)]
-    return torch.cat(out).numpy()
+    idx = np.arange(len(X)) if idx is None else np.asarray(idx)
+    out = [model(torch.from_numpy(np.ascontiguousarray(X[idx[s:s + batch_size]], dtype=np.float32)))
+           for s in range(0, len(idx), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 def train_rnd(X, cfg: RNDConfig, X_val=None, progress: bool = False, reload=None):
-    "Train an RND predictor on the rows of `X` -> (model, history {epoch, train_loss, val_loss, seconds}).\n\n`reload(epoch)`, when given, is called at the start of every epoch and returns the training rows (used by the benchmark that re-encodes texts)."
+    "Train an RND predictor on the rows of `X` -> (model, history {epoch, train_loss, val_loss, seconds}).\n\n`model.fit_idx` / `model.cal_idx` are the fitted and the held-out calibration rows. `reload(epoch)`, when given, is called at the start of every epoch and returns the training rows (used by the benchmark that re-encodes texts)."
     from tqdm.auto import tqdm
     import time
     if len(X) < 2: raise ValueError(f"X: need at least 2 training rows, got {len(X)}")
     seed_everything(cfg.seed)
     model = RND(_dim(X), cfg)
     gen = np.random.default_rng(cfg.seed)
+    split = gen.permutation(len(X))
+    n_cal = int(round(cfg.calibration_fraction * len(X)))
+    if len(X) - n_cal < 2: raise ValueError(f"calibration_fraction {cfg.calibration_fraction} leaves {len(X) - n_cal} rows to fit")
+    model.cal_idx, model.fit_idx = np.sort(split[:n_cal]), np.sort(split[n_cal:])
     if cfg.normalize_inputs:
-        for s in range(0, len(X), 4096): model.rms.update(torch.from_numpy(np.asarray(X[np.arange(s, min(s + 4096, len(X)))], dtype=np.float32)))
+        for s in range(0, len(model.fit_idx), 4096):
+            model.rms.update(torch.from_numpy(np.asarray(X[model.fit_idx[s:s + 4096]], dtype=np.float32)))
     opt = torch.optim.Adam(model.predictor.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     hist = {"epoch": [], "train_loss": [], "val_loss": [], "seconds": []}
     t0 = time.time()
     for ep in tqdm(range(cfg.epochs), desc="rnd", disable=not progress):
         if reload is not None: X = reload(ep)
-        model.train(); perm, tot = gen.permutation(len(X)), 0.0
-        for s in range(0, len(X), cfg.batch_size):
+        model.train(); perm, tot = gen.permutation(model.fit_idx), 0.0
+        for s in range(0, len(perm), cfg.batch_size):
             xb, _ = _rows(X, perm[s:s + cfg.batch_size])
             loss = model(xb).mean()
             opt.zero_grad(); loss.backward(); opt.step()
             tot += float(loss.detach()) * len(xb)
-        hist["epoch"].append(ep + 1); hist["train_loss"].append(tot / len(X)); hist["seconds"].append(time.time() - t0)
+        hist["epoch"].append(ep + 1); hist["train_loss"].append(tot / len(perm)); hist["seconds"].append(time.time() - t0)
         hist["val_loss"].append(float(score(model, X_val).mean()) if X_val is not None else float("nan"))
     return model, hist
 
-def calibrate(scores, train_scores) -> np.ndarray:
-    "Percentile (0-100) of each score among the training items' scores."
-    ref = np.sort(np.asarray(train_scores))
+def calibration_scores(model: RND, X) -> np.ndarray:
+    "Scores of the training rows held out of fitting (of the fitted rows when there are none: biased low)."
+    return score(model, X, model.cal_idx if len(model.cal_idx) else model.fit_idx)
+
+def calibrate(scores, reference) -> np.ndarray:
+    "Percentile (0-100) of each score among the `reference` scores (training-distribution items)."
+    ref = np.sort(np.asarray(reference))
     return 100.0 * np.searchsorted(ref, np.asarray(scores), side="right") / len(ref)
 
-# %% ../nbs/11_rnd.ipynb #adf34b5e
+# %% ../nbs/11_rnd.ipynb #019c5001
 def cohens_d(a, b) -> float:
     "Cohen's d of `a` against `b` with the pooled standard deviation."
     a, b = np.asarray(a, float), np.asarray(b, float)
@@ -183,7 +195,7 @@ def novelty_stats(scores: dict, reference: str = "seen") -> dict:
         out[g] = row
     return out
 
-# %% ../nbs/11_rnd.ipynb #44289560
+# %% ../nbs/11_rnd.ipynb #51b438f7
 def derangement(n: int, rng) -> np.ndarray:
     "A random permutation of range(n) with no fixed point (n >= 2)."
     if n < 2: raise ValueError(f"a derangement needs n >= 2, got {n}")
@@ -228,7 +240,7 @@ def make_controls(problem, answer, mode: str, rng, controls: Sequence[str] = tup
         check_differs(out[c], held.materialize(), c)
     return out
 
-# %% ../nbs/11_rnd.ipynb #f6d132fa
+# %% ../nbs/11_rnd.ipynb #512d8beb
 def _standardize(train, *others):
     mu, sd = train.mean(0), train.std(0) + 1e-6
     return [(x - mu) / sd for x in (train, *others)]
@@ -249,7 +261,7 @@ def mahalanobis_scores(train, groups: dict) -> dict:
 
 BASELINES = {"knn": knn_scores, "mahalanobis": mahalanobis_scores}
 
-# %% ../nbs/11_rnd.ipynb #640d57e0
+# %% ../nbs/11_rnd.ipynb #ddf6dd73
 def _gsm8k_pair(r): return r.problem, f"{r.solution}\n#### {r.answer}"
 def _sentence_pair(r): return r.s1, r.s2
 def _icl_pair(r): return r.input, r.output
@@ -286,7 +298,7 @@ def pair_embeddings(groups: dict[str, GroupSpec], encoder: str, layer: int, pool
                        for t, f in ((p, "problem"), (a, "answer")))
     return out
 
-# %% ../nbs/11_rnd.ipynb #8ad2fee0
+# %% ../nbs/11_rnd.ipynb #817ef68e
 def evaluate(emb: dict, cfg: RNDConfig, train: str = "train", reference: str = "seen",
              baselines: Sequence[str] = tuple(BASELINES), controls: Sequence[str] = tuple(CONTROLS)) -> dict:
     "Train on `emb[train]`, score all groups + controls -> {'stats', 'baselines', 'scores', 'history'}."
@@ -297,7 +309,7 @@ def evaluate(emb: dict, cfg: RNDConfig, train: str = "train", reference: str = "
     model, hist = train_rnd(X[train], cfg, X_val=X[reference])
     groups = {g: x for g, x in X.items() if g != train} | ctrl
     scores = {g: score(model, x) for g, x in groups.items()}
-    train_scores = score(model, X[train])
+    calib_scores = calibration_scores(model, X[train])
     base = {}
     if baselines:
         mats = {g: (x.materialize() if isinstance(x, PairInputs) else x) for g, x in groups.items()}
@@ -305,10 +317,10 @@ def evaluate(emb: dict, cfg: RNDConfig, train: str = "train", reference: str = "
         for b in baselines:
             bs = BASELINES[b](tr, mats)
             base[b] = {g: auroc(s, bs[reference]) for g, s in bs.items() if g != reference}
-    return {"stats": novelty_stats(scores, reference), "baselines": base, "scores": scores, "train_scores": train_scores,
-            "calibrated": {g: calibrate(s, train_scores) for g, s in scores.items()}, "history": hist}
+    return {"stats": novelty_stats(scores, reference), "baselines": base, "scores": scores, "calib_scores": calib_scores,
+            "calibrated": {g: calibrate(s, calib_scores) for g, s in scores.items()}, "history": hist}
 
-# %% ../nbs/11_rnd.ipynb #66ca8c53
+# %% ../nbs/11_rnd.ipynb #7f6cd082
 @dataclass
 class NoveltyExperiment(Config):
     "Data, encoder and seeds of an RND novelty evaluation."
@@ -343,10 +355,10 @@ class NoveltyExperiment(Config):
         return pair_embeddings(self.groups(), self.encoder, self.layer, self.pooling, self.normalize_embeddings,
                                self.max_length, progress=progress)
 
-# %% ../nbs/11_rnd.ipynb #0710c0d9
+# %% ../nbs/11_rnd.ipynb #dca0f3e2
 def _save_seed(path, res: dict):
     from labnb.store import atomic_path, atomic_write_json
-    arrays = {f"score__{g}": s for g, s in res["scores"].items()} | {"train_scores": res["train_scores"]}
+    arrays = {f"score__{g}": s for g, s in res["scores"].items()} | {"calib_scores": res["calib_scores"]}
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as f: np.savez(f, **arrays)
     atomic_write_json(path.with_suffix(".json"), {k: res[k] for k in ("stats", "baselines", "history")})
@@ -356,7 +368,7 @@ def _load_seed(path) -> dict:
     d = read_json(path.with_suffix(".json"))
     with np.load(path) as z:
         d["scores"] = {k[len("score__"):]: z[k] for k in z.files if k.startswith("score__")}
-        d["train_scores"] = z["train_scores"]
+        d["calib_scores"] = z["calib_scores"]
     return d
 
 def run_seeds(emb: dict, cfg: RNDConfig, seeds: Sequence[int], run=None, progress: bool = True, **kw) -> dict[int, dict]:
@@ -402,5 +414,5 @@ def curves_table(results: dict[int, dict]):
 def scores_table(results: dict[int, dict]):
     "Per-item scores: seed, group, score, calibrated percentile."
     import pandas as pd
-    return pd.concat([pd.DataFrame({"seed": s, "group": g, "score": v, "calibrated": calibrate(v, r["train_scores"])})
+    return pd.concat([pd.DataFrame({"seed": s, "group": g, "score": v, "calibrated": calibrate(v, r["calib_scores"])})
                       for s, r in results.items() for g, v in r["scores"].items()], ignore_index=True)
