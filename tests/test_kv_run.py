@@ -128,3 +128,38 @@ def test_http_run_against_fault_server_persists_failures(tmp_path):
         assert st.request_counts("none-ratio1")["completed"] == 6
         ok = st.query("SELECT ttfb_s, latency_s, completion_tokens FROM responses WHERE error_type IS NULL")
         assert all(r["ttfb_s"] is not None and r["ttfb_s"] <= r["latency_s"] for r in ok)
+
+
+class BudgetEngine:
+    "A stand-in engine whose accuracy is a known function of the budget: all right at >= 0.5, ~1/2 at 0.25, ~1/4 below."
+    name = "budget-stub"
+    def generate(self, req, on_failure=None, on_text=None):
+        from labnb.kv_engines import GenResult
+        value = next(l.split(": ")[1] for l in req.context.splitlines() if l.startswith(req.question.split("Key: ")[-1] + ": "))
+        import hashlib
+        coin = int(hashlib.md5(req.question.encode()).hexdigest(), 16) % 4   # fixed per example
+        right = req.budget >= 0.5 or (req.budget >= 0.25 and coin < 2) or coin == 0
+        return GenResult(text=" " + (value if right else "0"), finish_reason="stop", prompt_tokens=10, completion_tokens=1,
+                         latency_s=0.0, ttfb_s=0.0, kv_cache_bytes=int(1000 * req.budget))
+
+
+def test_focus_transition_adds_reserve_examples_next_to_the_transition(tmp_path):
+    from labnb.kv_prepare import prepare
+    from labnb.kv_run import KVRunner
+    exp = write_exp(tmp_path, "focus", **{"prepare.tasks": [{"name": "synthetic_kv", "n_examples": 30, "params": {"n_keys": [4, 16]}}],
+                                           "run.presses": ["knorm"], "run.budgets": [1.0, 0.5, 0.25, 0.1],
+                                           "run.sampling": "focus_transition", "run.focus": {"rounds": 2, "add_per_bin": 3},
+                                           "analyze.metric": "em", "analyze.threshold": 0.2, "analyze.target_width": 0.3})
+    cfg = load_kv_config(exp)
+    prepare(cfg, progress=False)
+    KVRunner(cfg, engine=BudgetEngine()).run(progress=False)
+    st = KVStore(cfg.db_path)
+    extra = st.query("SELECT run_id, round, COUNT(*) AS n FROM requests WHERE round > 0 GROUP BY 1, 2")
+    assert extra, "no focus round added requests"
+    assert {r["run_id"] for r in extra} <= {"knorm-ratio0.5", "knorm-ratio0.25", "knorm-ratio0.1"}
+    first = st.query("SELECT COUNT(*) AS n FROM requests WHERE round = 0 AND run_id = 'knorm-ratio0.25'")[0]["n"]
+    assert first == 6 and all(r["n"] <= 3 * 2 for r in extra)          # add_per_bin per (run, bin) per round
+    added = st.query("SELECT e.meta FROM requests q JOIN examples e USING (example_id) WHERE q.round > 0")
+    import json
+    assert all(json.loads(m["meta"])["pool_rank"] >= 3 for m in added)   # drawn from the reserve, never the first sample
+    assert st.query("SELECT COUNT(*) AS n FROM requests WHERE status != 'completed'")[0]["n"] == 0
