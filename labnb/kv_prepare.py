@@ -6,7 +6,7 @@
 __all__ = ['PROMPTS', 'TASKS', 'PromptTemplate', 'prompt_hash', 'TaskSpec', 'load_tokenizer', 'quantile_bins', 'pool_ranks',
            'templates_of', 'styles_of', 'prompt_hash_of', 'prepare', 'selected_ids', 'read_manifest']
 
-# %% ../nbs/32_kv_prepare.ipynb #f26a196a
+# %% ../nbs/32_kv_prepare.ipynb #ad00bdc0
 import hashlib, json
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -18,7 +18,7 @@ from .core import paths, logger, now_iso, provenance
 from .store import atomic_write_json
 from .kv_store import KVStore, example_id, dataset_hash
 
-# %% ../nbs/32_kv_prepare.ipynb #637c2848
+# %% ../nbs/32_kv_prepare.ipynb #3ffdb387
 @dataclass(frozen=True)
 class PromptTemplate:
     context: str                   # format string with {context}
@@ -47,7 +47,7 @@ def prompt_hash(templates: dict[str, str], prompt_style) -> str:
     d = {t: asdict(PROMPTS[name]) for t, name in sorted(templates.items())}
     return hashlib.sha256(json.dumps([d, prompt_style], sort_keys=True).encode()).hexdigest()[:12]
 
-# %% ../nbs/32_kv_prepare.ipynb #dea763d5
+# %% ../nbs/32_kv_prepare.ipynb #873a7045
 @dataclass(frozen=True)
 class TaskSpec:
     load: Callable                 # (TaskCfg, seed) -> list[dict(question, context, answers, meta)]
@@ -76,13 +76,17 @@ def _check_params(params: dict, known: set, task: str):
     unknown = sorted(set(params) - known)
     if unknown: raise ValueError(f"task {task}: unknown params key {unknown[0]!r} (known: {', '.join(sorted(known))})")
 
-def _needle(cfg, seed: int) -> list[dict]:
-    _check_params(cfg.params, {"n_sentences"}, "needle")
-    lo, hi = _span(cfg.params, "n_sentences", (4, 80))
-    out = []
+def _draws(cfg, seed: int, task: str, key: str, default: tuple[int, int]):
+    "Per example of a synthetic task: its generator (seeded by (seed, i)) and its size, uniform in `params[key]`."
+    _check_params(cfg.params, {key}, task)
+    lo, hi = _span(cfg.params, key, default)
     for i in range(cfg.n_examples):
         r = np.random.default_rng([seed, i])
-        n = int(r.integers(lo, hi + 1))
+        yield r, int(r.integers(lo, hi + 1))
+
+def _needle(cfg, seed: int) -> list[dict]:
+    out = []
+    for r, n in _draws(cfg, seed, "needle", "n_sentences", (4, 80)):
         sents = [f"{r.choice(_SUBJ)} {r.choice(_VERB)} {r.choice(_OBJ)} {r.choice(_WHEN)}." for _ in range(n)]
         name, num = str(r.choice(_NAMES)), str(int(r.integers(10000, 100000)))
         depth = int(r.integers(0, n + 1))
@@ -92,12 +96,8 @@ def _needle(cfg, seed: int) -> list[dict]:
     return out
 
 def _synthetic_kv(cfg, seed: int) -> list[dict]:
-    _check_params(cfg.params, {"n_keys"}, "synthetic_kv")
-    lo, hi = _span(cfg.params, "n_keys", (2, 30))
     out = []
-    for i in range(cfg.n_examples):
-        r = np.random.default_rng([seed, i])
-        n = int(r.integers(lo, hi + 1))
+    for r, n in _draws(cfg, seed, "synthetic_kv", "n_keys", (2, 30)):
         keys = set()
         while len(keys) < n: keys.add(f"{r.choice(_WORDS)}-{r.choice(_WORDS)}")
         keys = sorted(keys); r.shuffle(keys)
@@ -107,7 +107,7 @@ def _synthetic_kv(cfg, seed: int) -> list[dict]:
                         meta=dict(n_keys=n, gold_index=gold, chance=1 / n)))
     return out
 
-# %% ../nbs/32_kv_prepare.ipynb #be3d8f2b
+# %% ../nbs/32_kv_prepare.ipynb #a36b74ea
 def _records(cfg, default: str, limit: int|None = None) -> list:
     "Records of a `labnb.data` dataset (`params.dataset` overrides the default name)."
     from labnb.data import load_dataset
@@ -166,7 +166,7 @@ TASKS: dict[str, TaskSpec] = {
     "leval": TaskSpec(_leval, "qa", "an L-Eval JSONL file"),
 }
 
-# %% ../nbs/32_kv_prepare.ipynb #11bf52ff
+# %% ../nbs/32_kv_prepare.ipynb #e825b51f
 def load_tokenizer(name: str):
     "The tokenizer of a model name (`tiny-*`: the tiny byte-level one; offline names: their local copy)."
     from labnb import models
@@ -188,7 +188,7 @@ def pool_ranks(ids: list[str], seed: int, *key: int) -> dict[str, int]:
     perm = np.random.default_rng([seed, *key]).permutation(len(ids))
     return {ids[j]: r for r, j in enumerate(perm)}
 
-# %% ../nbs/32_kv_prepare.ipynb #a9b6503e
+# %% ../nbs/32_kv_prepare.ipynb #cf2bbad7
 def templates_of(cfg) -> dict[str, str]:
     "Template name per task of a `KVConfig`."
     return {t.name: t.template or TASKS[t.name].template for t in cfg.prepare.tasks}
