@@ -7,7 +7,7 @@ __all__ = ['logger', 'home', 'Paths', 'paths', 'ConfigError', 'from_dict', 'Conf
            'parse_overrides', 'read_yaml', 'load_config', 'seed_everything', 'default_device', 'default_dtype',
            'git_info', 'package_versions', 'now_iso', 'provenance']
 
-# %% ../nbs/00_core.ipynb #20eb920b
+# %% ../nbs/00_core.ipynb #a2508b30
 import dataclasses, datetime, hashlib, json, logging, os, platform, random, re, socket, subprocess, sys, types, typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -16,7 +16,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 import numpy as np
 import yaml
 
-# %% ../nbs/00_core.ipynb #4300a12f
+# %% ../nbs/00_core.ipynb #aca80c5b
 logger = logging.getLogger("labnb")
 
 def _is_root(p: Path) -> bool:
@@ -33,7 +33,7 @@ def home() -> Path:
             if _is_root(p): return p
     return Path.cwd()
 
-# %% ../nbs/00_core.ipynb #487f31ef
+# %% ../nbs/00_core.ipynb #94fc012b
 @dataclass(frozen=True)
 class Paths:
     "Every folder labnb reads or writes, derived from one home."
@@ -58,14 +58,14 @@ def paths() -> Paths:
     data = os.environ.get("LABNB_DATA")
     return Paths(home=home(), data=Path(data).expanduser().resolve() if data else None)
 
-# %% ../nbs/00_core.ipynb #13ca0a2c
+# %% ../nbs/00_core.ipynb #ddc13cfe
 class ConfigError(ValueError):
     "A config value is unknown, missing or of the wrong type."
     def __init__(self, key: str, msg: str, source: str|None = None):
         self.key, self.source = key, source
         super().__init__(f"{key}: {msg}" + (f" (in {source})" if source else ""))
 
-# %% ../nbs/00_core.ipynb #496dfe7c
+# %% ../nbs/00_core.ipynb #a39e5e74
 def _type_name(t) -> str: return getattr(t, "__name__", None) or str(t).replace("typing.", "")
 
 def _coerce(value, tp, key: str, source=None):
@@ -109,7 +109,7 @@ def _coerce(value, tp, key: str, source=None):
         raise ConfigError(key, f"expected {tp.__name__}, got {type(value).__name__} {value!r}", source)
     return value
 
-# %% ../nbs/00_core.ipynb #8e18b0dc
+# %% ../nbs/00_core.ipynb #84530042
 def from_dict(cls, d: dict, source: str|None = None, prefix: str = ""):
     "Build dataclass `cls` from a mapping; unknown or mistyped keys raise `ConfigError` naming key and source."
     if not isinstance(d, dict): raise ConfigError(prefix.rstrip(".") or "<root>", f"expected a mapping, got {type(d).__name__}", source)
@@ -123,7 +123,7 @@ def from_dict(cls, d: dict, source: str|None = None, prefix: str = ""):
         if e.source is None and source: raise ConfigError(e.key, str(e).split(": ", 1)[1], source) from None
         raise
 
-# %% ../nbs/00_core.ipynb #a7c1670c
+# %% ../nbs/00_core.ipynb #db11a637
 class Config:
     "Mixin for config dataclasses: validates field types on construction; YAML/dict round trips; a stable hash."
     def __post_init__(self):
@@ -148,7 +148,7 @@ def _plain(x):
     if isinstance(x, Path): return str(x)
     return x
 
-# %% ../nbs/00_core.ipynb #873cc4bd
+# %% ../nbs/00_core.ipynb #36770b31
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 def resolve_env(x, key: str = "", source: str|None = None):
@@ -185,7 +185,7 @@ def parse_overrides(overrides) -> dict:
         node[leaf] = yaml.safe_load(v) if isinstance(v, str) else v
     return out
 
-# %% ../nbs/00_core.ipynb #c8cca605
+# %% ../nbs/00_core.ipynb #1c314fe5
 def read_yaml(path) -> dict:
     "Read a YAML mapping; a missing file or a syntax error is a `ConfigError` naming the file."
     path = Path(path)
@@ -205,7 +205,7 @@ def load_config(cls, files=(), overrides=()):
     if overrides: merged, source = deep_merge(merged, parse_overrides(overrides)), (source or "") + " + overrides"
     return from_dict(cls, merged, source=source)
 
-# %% ../nbs/00_core.ipynb #6cdc792a
+# %% ../nbs/00_core.ipynb #d6f36638
 def seed_everything(seed: int) -> int:
     "Seed python, numpy and torch (if imported) from one integer."
     random.seed(seed); np.random.seed(seed % 2**32)
@@ -227,7 +227,7 @@ def default_dtype(device: str|None = None):
     if d := os.environ.get("LABNB_DTYPE"): return getattr(torch, d)
     return torch.bfloat16 if (device or default_device()).startswith("cuda") else torch.float32
 
-# %% ../nbs/00_core.ipynb #34f784b5
+# %% ../nbs/00_core.ipynb #4efeda66
 def git_info(root: Path|None = None) -> dict:
     "Commit SHA and dirty flag of the home repository (None when not a git checkout)."
     root = root or home()
