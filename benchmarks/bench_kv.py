@@ -1,0 +1,73 @@
+"""Harness overhead: time per request through labnb's KV harness (request row, in-process engine, response row in
+SQLite) against a direct call of kvpress's own pipeline on the same inputs, same press and budget, same model.
+A/B calls are interleaved so that load on the machine hits both alike; the ratio of medians is reported.
+
+    python benchmarks/bench_kv.py [--model smollm2-135m] [--n 6] [--press snapkv] [--ratio 0.5]
+"""
+import argparse, copy, json, statistics, sys, tempfile, time
+from pathlib import Path
+
+import torch
+
+from labnb.core import package_versions, now_iso
+from labnb.kv_config import KVConfig, EngineCfg, PrepareCfg, RunCfg, TaskCfg
+from labnb.kv_engines import TransformersEngine, make_press, compression_ratio
+from labnb.kv_prepare import prepare, PROMPTS, selected_ids
+from labnb.kv_run import KVRunner, RunSpec, _one
+from labnb.store import atomic_write_json
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--n", type=int, default=6, help="requests per method")
+    ap.add_argument("--press", default="snapkv")
+    ap.add_argument("--ratio", type=float, default=0.5, help="fraction of the KV cache kept")
+    ap.add_argument("--max-new-tokens", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "kv.json"))
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    from kvpress import KVPressTextGenerationPipeline
+    with tempfile.TemporaryDirectory() as d:
+        cfg = KVConfig(group="bench", out_dir=d, engine=EngineCfg(model=a.model, max_new_tokens=a.max_new_tokens, stop=[]),
+                       prepare=PrepareCfg(tasks=[TaskCfg("needle", a.n, params={"n_sentences": [10, 14]})], n_bins=1, per_bin=a.n),
+                       run=RunCfg(presses=[a.press], budgets=[a.ratio]))
+        engine = TransformersEngine(a.model, prompt_style="plain")
+        prepare(cfg, tokenizer=engine.tokenizer, progress=False)
+        runner = KVRunner(cfg, engine=engine)
+        spec = RunSpec(a.press, "ratio", a.ratio)
+        runner.open_run(spec)
+        ids = selected_ids(runner.manifest)
+        runner.add(spec, ids)
+        tok = copy.deepcopy(engine.tokenizer); tok.chat_template = None     # the pipeline's plain prompt = ours
+        pipe = KVPressTextGenerationPipeline(model=engine.model, tokenizer=tok)
+        exs = runner.examples()
+        harness, direct, same = [], [], 0
+        _one(runner, spec, ids[0]); runner.store.query("DELETE FROM responses")   # warm-up (not timed)
+        runner.store.query("UPDATE requests SET status='pending', attempts=0")
+        for i in ids:
+            c, q, ap_ = PROMPTS["needle"].render(exs[i])
+            n_ctx = engine.encode(runner.request(exs[i], spec))[0].shape[1]
+            t0 = time.perf_counter()
+            ref = pipe(c, question=q, answer_prefix=ap_, press=make_press(a.press, compression_ratio("ratio", a.ratio, n_ctx)),
+                       max_new_tokens=a.max_new_tokens)["answer"]
+            direct.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            res = _one(runner, spec, i)
+            harness.append(time.perf_counter() - t0)
+            same += res.text == ref
+        n_tokens = [exs[i]["n_tokens"] for i in ids]
+    out = dict(benchmark="kv harness vs direct kvpress pipeline", created=now_iso(), model=a.model, press=a.press, ratio=a.ratio,
+               n=len(ids), max_new_tokens=a.max_new_tokens, threads=a.threads, mean_prompt_tokens=statistics.mean(n_tokens),
+               harness_s=harness, direct_s=direct, harness_median_s=statistics.median(harness),
+               direct_median_s=statistics.median(direct), ratio_harness_over_direct=statistics.median(harness) / statistics.median(direct),
+               identical_texts=f"{same}/{len(ids)}", versions=package_versions())
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(a.out, out)
+    print(json.dumps({k: v for k, v in out.items() if k not in ("harness_s", "direct_s", "versions")}, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
