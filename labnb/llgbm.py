@@ -12,7 +12,7 @@ __all__ = ['EMBEDDERS', 'DEFAULT_TASKS', 'DEFAULT_HELDOUT', 'PRESETS', 'DELTA_ME
            'composition', 'train_run', 'evaluate_run', 'run_experiment', 'verify_reproducibility', 'delta_silhouette',
            'plot_deltas', 'plot_history', 'plot_composition']
 
-# %% ../nbs/26_llgbm.ipynb #68674381
+# %% ../nbs/26_llgbm.ipynb #e366f144
 import dataclasses, hashlib, itertools, json, math, random, re, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,7 @@ from .lora import (LoraSpec, TeacherConfig, LoraLayout, lora_layout, flatten_lor
                         train_teacher, save_adapter, load_adapter, task_pairs, split_pairs, answer_metrics, lora_forward)
 from .deltas import ProbeConfig, DeltaConfig, probe_set, base_states, delta_activations, compute_deltas, AGGREGATES
 
-# %% ../nbs/26_llgbm.ipynb #e5d587dc
+# %% ../nbs/26_llgbm.ipynb #d337dcb6
 def _hash_embed(texts: Sequence[str]) -> np.ndarray:
     out = np.zeros((len(texts), 256), np.float32)
     for i, t in enumerate(texts):
@@ -59,7 +59,7 @@ def describe(emb: np.ndarray, k: int, rng: random.Random) -> np.ndarray:  # emb:
     "Mean embedding of `k` examples drawn with `rng`."
     return emb[rng.sample(range(len(emb)), min(k, len(emb)))].mean(0)
 
-# %% ../nbs/26_llgbm.ipynb #ac7fd8bf
+# %% ../nbs/26_llgbm.ipynb #bb961ea5
 @dataclass
 class ModelConfig(Config):
     "The frozen base model: an offline name of `labnb.models` or `tiny-<arch>` (random, tests)."
@@ -120,7 +120,7 @@ DEFAULT_TASKS = {"fv/antonym": "linguistic", "fv/present-past": "linguistic", "f
                  "fv/capitalize_first_letter": "symbolic", "fv/lowercase_first_letter": "symbolic"}
 DEFAULT_HELDOUT = ["fv/singular-plural", "fv/english-spanish", "fv/lowercase_first_letter"]
 
-# %% ../nbs/26_llgbm.ipynb #c57e272f
+# %% ../nbs/26_llgbm.ipynb #3ae80ebc
 PRESETS: dict[str, dict] = {
     "baseline":    {"train.weight_loss": 1.0, "train.delta_loss": 0.0},
     "delta_multi": {"train.weight_loss": 1.0, "train.delta_loss": 1.0, "train.delta_warmup": 5, "train.delta_ramp": 10},
@@ -147,7 +147,7 @@ def read_config(path) -> ExperimentConfig:
     from labnb.core import read_yaml
     return ExperimentConfig.from_dict(read_yaml(path), source=str(path))
 
-# %% ../nbs/26_llgbm.ipynb #4bcf2381
+# %% ../nbs/26_llgbm.ipynb #d23c41fa
 @dataclass
 class Context:
     "Everything an LLGBM step needs that does not change during an experiment."
@@ -204,7 +204,7 @@ def teacher_table(teachers: dict, cfg: ExperimentConfig) -> pd.DataFrame:
                           "steps": m["steps"], "final_loss": m["final_loss"], "eval_loss": m["eval_loss"],
                           "base_accuracy": m["base_accuracy"], "accuracy": m["accuracy"]} for t, (_, m) in teachers.items()])
 
-# %% ../nbs/26_llgbm.ipynb #5dba93a7
+# %% ../nbs/26_llgbm.ipynb #68541335
 class LoraGenerator(nn.Module):
     "Task embedding `[batch, d_in]` -> flattened LoRA factors `[batch, n_params]`."
     def __init__(self, d_in: int, layout: LoraLayout, hidden: int, mean: torch.Tensor, scale: torch.Tensor, init_std: float = 1e-3):
@@ -242,7 +242,7 @@ DELTA_METRICS = {
     "cosine": lambda d, t: (1 - nn.functional.cosine_similarity(d, t, dim=-1)).mean(),
 }
 
-# %% ../nbs/26_llgbm.ipynb #bcb79fdf
+# %% ../nbs/26_llgbm.ipynb #486aaf9f
 @dataclass
 class TeacherData:
     "Teachers of one experiment as tensors: flattened weights and per-probe deltas."
@@ -336,7 +336,7 @@ def load_generator(ctx: Context, run_dir) -> LoraGenerator:
     gen.load_state_dict(state["generator"])
     return gen.eval()
 
-# %% ../nbs/26_llgbm.ipynb #dc67bbeb
+# %% ../nbs/26_llgbm.ipynb #1a050819
 def task_description(cfg: ExperimentConfig, emb: np.ndarray, task: str) -> np.ndarray:
     "The fixed evaluation embedding of a task (seeded by the task name)."
     return describe(emb, cfg.generator.n_examples, random.Random(f"{cfg.train.seed}-{task}"))
@@ -400,7 +400,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     "Mean accuracy / loss / delta cosine per split and method."
     return df.groupby(["split", "method"], sort=False)[["accuracy", "loss", "delta_cos"]].mean().round(4)
 
-# %% ../nbs/26_llgbm.ipynb #cc6cbd31
+# %% ../nbs/26_llgbm.ipynb #cdfc86fb
 def faiss_top1(db: np.ndarray, queries: np.ndarray) -> np.ndarray:  # db: [n, d], queries: [m, d] -> [m]
     "Index of the most cosine-similar row of `db` for each query (faiss flat inner-product index)."
     import faiss
@@ -440,15 +440,14 @@ def composition(ctx: Context, teachers: dict, pairs: Sequence[tuple[str, str]], 
         row = {"pair": f"{a[3:]}+{b[3:]}", "a": a, "b": b, "cos_sum_vs_sum_of_deltas": _cos(ds, da + db),
                "cos_mean_vs_mean_of_deltas": _cos(dm, (da + db) / 2), "cos_a_b": _cos(da, db),
                "norm_ratio_sum": float(np.linalg.norm(ds) / max(np.linalg.norm(da + db), 1e-12))}
-        for t, own in ((a, la), (b, lb)):
-            _, evals = split_pairs(task_pairs(t), cfg.teacher.n_train, cfg.teacher.n_eval)
-            f = lambda l: answer_metrics(lora_forward(ctx.model, l, ctx.layout.scale), ctx.tok, evals, cfg.teacher.template, max_len=cfg.teacher.max_len)["accuracy"]
-            key = "a" if t == a else "b"
-            row[f"acc_{key}_teacher"], row[f"acc_{key}_merged"] = f(own), f(sum_adapters([la, lb], [0.5, 0.5]))
+        merged = sum_adapters([la, lb], [0.5, 0.5])
+        for key, t, own in (("a", a, la), ("b", b, lb)):
+            row[f"acc_{key}_teacher"] = _task_metrics(ctx, own, t, memo=True)["accuracy"]
+            row[f"acc_{key}_merged"] = _task_metrics(ctx, merged, t, memo=True)["accuracy"]
         rows.append(row)
     return pd.DataFrame(rows)
 
-# %% ../nbs/26_llgbm.ipynb #ea1af12e
+# %% ../nbs/26_llgbm.ipynb #12333bb7
 def _methods(ctx, teachers, gens) -> dict:
     return {"base": None, "mean_teachers": mean_teacher(teachers, ctx.cfg.train_tasks),
             "teacher": {t: teachers[t][0] for t in teachers}, "generated": gens}
@@ -473,9 +472,9 @@ def _rerun_eval(run_dir: Path, ctx: Context|None, progress: bool, methods: Seque
         return ctx, teachers, gens, evaluate(ctx, ms, teachers, progress=progress, memo=False, cache=ArrayCache(d))
 
 def train_run(cfg: ExperimentConfig, run_dir, ctx: Context|None = None, progress: bool = True) -> pd.DataFrame:
-    "Teachers (resumed), their deltas (cached) and the generator of `cfg` (resumed) in `run_dir`; returns the history."
+    "Training teachers (resumed), their deltas (cached) and the generator of `cfg` (resumed) in `run_dir`; returns the history."
     ctx = _context_for(cfg, ctx)
-    teachers = ensure_teachers(ctx, progress=progress)
+    teachers = ensure_teachers(ctx, cfg.train_tasks, progress=progress)   # held-out teachers are not needed to train
     return train_generator(ctx, teacher_data(ctx, teachers, progress), task_embeddings(cfg), run_dir, progress)[1]
 
 def evaluate_run(run_dir, ctx: Context|None = None, progress: bool = True) -> dict:
@@ -515,7 +514,7 @@ def verify_reproducibility(run_dir, tol: float = 1e-5, ctx: Context|None = None,
     ok = len(m) == len(old) == len(new) and all(v <= tol for v in diffs.values()) and (m["config_hash_saved"] == m["config_hash_rerun"]).all()
     return {"ok": bool(ok), "tol": tol, "max_abs_diff": diffs, "n_compared": len(m), "config_hash": ctx.cfg.config_hash()}
 
-# %% ../nbs/26_llgbm.ipynb #6d4c9d48
+# %% ../nbs/26_llgbm.ipynb #0e781666
 def delta_silhouette(deltas: np.ndarray, labels: Sequence[str]) -> float:
     "Silhouette score (cosine) of `labels` clusters of the deltas; nan when it is undefined."
     from sklearn.metrics import silhouette_score
