@@ -6,7 +6,7 @@
 __all__ = ['SECTIONS', 'CSS', 'PAGE', 'SECTION_TITLES', 'Page', 'page_href', 'find_pages', 'executed', 'process_notebook',
            'render_cells', 'rewrite_links', 'check_site', 'build_static', 'build_docs', 'write_readme']
 
-# %% ../nbs/94_docs.ipynb #3ce10a9c
+# %% ../nbs/94_docs.ipynb #1042e27e
 import base64, hashlib, html, json, os, re, shutil, subprocess, sys, tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ import nbformat
 from .core import logger, paths
 from .store import atomic_write
 
-# %% ../nbs/94_docs.ipynb #8f2d5745
+# %% ../nbs/94_docs.ipynb #8abe9329
 SECTIONS = {"library": "*.ipynb", "experiments": "experiments/*.ipynb", "runs": "runs/*.ipynb"}
 
 @dataclass
@@ -42,7 +42,7 @@ def find_pages(nbs: Path|None = None) -> list[Page]:
         out += [Page(p, page_href(p, nbs), sec) for p in sorted(nbs.glob(pat)) if p.name != "index.ipynb" and not p.name.startswith("_")]
     return out
 
-# %% ../nbs/94_docs.ipynb #1289c1d1
+# %% ../nbs/94_docs.ipynb #5f9e3250
 def _has_outputs(nb: dict) -> bool: return any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
 
 def _skip_exec(nb: dict) -> bool:
@@ -81,7 +81,7 @@ def executed(path: Path, cache: Path|None = None, timeout: float = 1800) -> Path
         os.replace(tmp, dst)
     return dst
 
-# %% ../nbs/94_docs.ipynb #4b301479
+# %% ../nbs/94_docs.ipynb #d0625a16
 _DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+)\s*:?\s*(.*)$")
 
 def _directives(src: str) -> tuple[dict, str]:
@@ -149,7 +149,7 @@ def process_notebook(path: Path, execute: bool = True) -> tuple[dict, dict]:
     d = nb2dict(nb); d["cells"] = cells
     return d, fm
 
-# %% ../nbs/94_docs.ipynb #556188f1
+# %% ../nbs/94_docs.ipynb #337df3e7
 def render_cells(nb: dict, nb_dir: Path) -> str:
     "HTML of the cells (nbconvert's basic template, images embedded, inputs tagged `remove_input` hidden)."
     from nbconvert import HTMLExporter
@@ -159,12 +159,13 @@ def render_cells(nb: dict, nb_dir: Path) -> str:
     c.TagRemovePreprocessor.remove_input_tags = {"remove_input"}
     c.TagRemovePreprocessor.remove_cell_tags = {"remove_cell"}
     ex = HTMLExporter(config=c, template_name="basic", embed_images=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    for i, cell in enumerate(nb["cells"]): cell.setdefault("id", f"cell-{i}")
+    for i, cell in enumerate(nb["cells"]):
+        cell.setdefault("id", f"cell-{i}"); cell.pop("has_sd", None)
     node = nbformat.reads(json.dumps(nb), as_version=4)              # joins multi-line strings as nbformat does
     body, _ = ex.from_notebook_node(node, resources={"metadata": {"path": str(nb_dir)}})
     return body
 
-# %% ../nbs/94_docs.ipynb #a68cff22
+# %% ../nbs/94_docs.ipynb #206e2b21
 _HREF = re.compile(r'(<(?:a|img)\b[^>]*?\s(?:href|src)=")([^"]*)(")')           # attributes of real links and images only
 _ATTRS = re.compile(r'(<a [^>]*)>([^<]*)</a>\{([^}]*)\}')                          # pandoc `[text](url){attrs}` left by show_doc
 
@@ -189,6 +190,10 @@ def rewrite_links(body: str, page: Page, pages: list[Page], nbs: Path, prefix: s
         target = (page.src.parent / unquote(u.path)).resolve()
         return head + rel(by_src[target], u.fragment) + tail if target in by_src else m.group(0)
     body = _ATTRS.sub(lambda m: f'{m.group(1)} {html.unescape(m.group(3))}>{m.group(2)}</a>', body)
+    if prefix:                           # API links to pages this site does not have (a partial build) lose the link
+        hrefs = {p.href for p in pages}
+        dead = re.compile(r'<a [^>]*href="' + re.escape(prefix) + r'([^"#]*)[^"]*"[^>]*>(.*?)</a>', re.S)
+        body = dead.sub(lambda m: m.group(0) if (m.group(1) or "index.html") in hrefs else m.group(2), body)
     return _HREF.sub(sub, body)
 
 def check_site(out) -> dict:
@@ -204,7 +209,7 @@ def check_site(out) -> dict:
             if not (out / p).parent.joinpath(unquote(u.path)).resolve().exists(): broken.append((p, url))
     return {"pages": pages, "broken": broken, "images": images}
 
-# %% ../nbs/94_docs.ipynb #a6b1e8df
+# %% ../nbs/94_docs.ipynb #9791bc11
 CSS = """
 :root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --bg2:#f6f8fa; --accent:#0969da; }
 * { box-sizing: border-box; }
@@ -234,7 +239,7 @@ p.lead { margin:0 0 1.5rem; color:var(--muted); font-size:1.05rem; }
 .output_markdown blockquote { margin:.3rem 0; padding:.4rem .8rem; background:var(--bg2); border-left:3px solid var(--accent);
   font:13.5px/1.45 ui-monospace, Menlo, monospace; overflow-x:auto; }
 .output_markdown hr { border:0; border-top:1px solid var(--line); margin:1.8rem 0 0; }
-.text_cell_render code, .output_markdown code { background:var(--bg2); padding:.1em .3em; border-radius:4px; font-size:.88em; }
+.text_cell_render code, .output_markdown code, p.lead code, .contents dd code { background:var(--bg2); padding:.1em .3em; border-radius:4px; font-size:.88em; }
 table { border-collapse:collapse; font-size:.88rem; margin:.4rem 0; }
 th, td { border:1px solid var(--line); padding:.25rem .55rem; text-align:left; vertical-align:top; }
 table.dataframe td { text-align:right; }
@@ -259,6 +264,10 @@ PAGE = """<!doctype html>
 
 SECTION_TITLES = {"home": "", "library": "Library", "experiments": "Experiment templates", "runs": "Runs"}
 
+def _inline(text: str) -> str:
+    "Escape a one-line summary, rendering its `code` spans."
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
 def _nav(pages: list[Page], current: Page) -> str:
     here, out = Path(current.href).parent, []
     for sec, title in SECTION_TITLES.items():
@@ -275,11 +284,11 @@ def _contents(pages: list[Page]) -> str:
     for sec, title in SECTION_TITLES.items():
         items = [p for p in pages if p.section == sec]
         if not items or sec == "home": continue
-        out.append(f"<h3>{title}</h3><dl>" + "".join(f'<dt><a href="{p.href}">{html.escape(p.title)}</a></dt><dd>{html.escape(p.description)}</dd>'
+        out.append(f"<h3>{title}</h3><dl>" + "".join(f'<dt><a href="{p.href}">{html.escape(p.title)}</a></dt><dd>{_inline(p.description)}</dd>'
                                                      for p in items) + "</dl>")
     return "".join(out) + "</div>"
 
-# %% ../nbs/94_docs.ipynb #cf5a26bc
+# %% ../nbs/94_docs.ipynb #5bbffa6c
 def _settings() -> dict:
     from configparser import ConfigParser
     c = ConfigParser(delimiters=["="]); c.read(paths().home / "settings.ini")
@@ -291,12 +300,16 @@ def build_static(out="_docs", execute: bool = True, pages: list[Page]|None = Non
     nbs, cfg = paths().nbs, _settings()
     site, tagline, prefix = cfg.get("title", "labnb"), cfg.get("description", ""), _site_prefix()
     pages = pages or find_pages(nbs)
+    from pygments.formatters import HtmlFormatter
+    css = CSS + HtmlFormatter(style="default").get_style_defs(".highlight")
     rendered = {}
     for p in pages:
         try: nb, fm = process_notebook(p.src, execute=execute)
         except Exception as e: raise RuntimeError(f"docs: cannot process {p.src.relative_to(nbs)}: {e}") from e
         p.title = fm.get("title") or (site if p.section == "home" else p.src.stem)
         p.description = fm.get("description", "")
+        if p.section == "runs":              # a published run carries its template's title: name the page after the run
+            p.title, p.description = p.src.stem, f"An executed run of the {p.title} template. {p.description}".strip()
         rendered[p.href] = render_cells(nb, p.src.parent)
     if not any(p.section == "home" for p in pages): pages.insert(0, Page(nbs / "index.ipynb", "index.html", "home", site, tagline))
     tmp = Path(tempfile.mkdtemp(prefix=".docs-", dir=out.parent))
@@ -306,9 +319,9 @@ def build_static(out="_docs", execute: bool = True, pages: list[Page]|None = Non
             if p.section == "home": body += _contents(pages)
             here = Path(p.href).parent
             link = lambda q, arrow: f'<a href="{os.path.relpath(q.href, here)}">{arrow}</a>'
-            text = PAGE.format(title=html.escape(p.title), site=html.escape(site), tagline=html.escape(tagline), css=CSS,
+            text = PAGE.format(title=html.escape(p.title), site=html.escape(site), tagline=html.escape(tagline), css=css,
                                root=os.path.relpath(".", here) + "/" if str(here) != "." else "", nav=_nav(pages, p),
-                               lead=f'<p class="lead">{html.escape(p.description)}</p>' if p.description else "", body=body,
+                               lead=f'<p class="lead">{_inline(p.description)}</p>' if p.description else "", body=body,
                                prev=link(pages[i - 1], f"← {html.escape(pages[i - 1].title)}") if i else "",
                                next=link(pages[i + 1], f"{html.escape(pages[i + 1].title)} →") if i + 1 < len(pages) else "")
             (tmp / p.href).parent.mkdir(parents=True, exist_ok=True)
@@ -330,7 +343,7 @@ def build_docs(out="_docs", execute: bool = True) -> Path:
     logger.info("docs: %d pages, %d images, %d broken links in %s", len(report["pages"]), report["images"], len(report["broken"]), site)
     return site
 
-# %% ../nbs/94_docs.ipynb #e5cef046
+# %% ../nbs/94_docs.ipynb #5baa080c
 def write_readme(dest=None, execute: bool = True, images_dir: str = "results/docs/readme") -> Path:
     "Render `nbs/index.ipynb` (with outputs) to `README.md` as Markdown."
     from nbconvert import MarkdownExporter

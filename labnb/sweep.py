@@ -7,7 +7,7 @@ __all__ = ['CLUSTERS', 'EXECUTORS', 'ClusterConfig', 'SweepRun', 'Sweep', 'load_
            'read_index', 'execute_unit', 'LocalExecutor', 'local_cluster', 'slurm_cluster', 'DaskExecutor',
            'slurm_job_script', 'SweepResult', 'run_sweep', 'sweep_rows', 'status_report']
 
-# %% ../nbs/91_sweep.ipynb #d8814b28
+# %% ../nbs/91_sweep.ipynb #0aadcd29
 import concurrent.futures as cf, itertools, logging, os, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,7 @@ from .core import Config, ConfigError, from_dict, logger, paths, read_yaml, reso
 from .store import RunFolder, StatusTable, atomic_write, read_json
 from .runner import ParamError, find_template, rel_home, run_template, validate_params, make_run_id, template_params, RESERVED
 
-# %% ../nbs/91_sweep.ipynb #08b06ec6
+# %% ../nbs/91_sweep.ipynb #85cb3f40
 @dataclass
 class ClusterConfig(Config):
     "Where Dask runs the sweep: a local cluster, SLURM jobs (dask-jobqueue), or an existing scheduler."
@@ -39,6 +39,7 @@ class ClusterConfig(Config):
     python: str|None = None             # python on the nodes (default: this interpreter)
     log_directory: str|None = None      # slurm: where job logs go
     job_name: str = "labnb"
+    interface: str|None = None          # slurm: network interface the workers reach the scheduler on (e.g. ib0)
 
 @dataclass
 class SweepRun:
@@ -64,7 +65,7 @@ class Sweep:
     @property
     def status(self) -> StatusTable: return StatusTable(self.dir / "status.sqlite")
 
-# %% ../nbs/91_sweep.ipynb #d8c3b787
+# %% ../nbs/91_sweep.ipynb #00edc4f4
 _TOP = {"name", "max_parallel", "executor", "cluster", "runs"}
 _BLOCK = {"template", "params", "grid", "list"}
 
@@ -113,7 +114,7 @@ def load_sweep(path) -> Sweep:
     cluster = from_dict(ClusterConfig, d.get("cluster") or {}, source=source, prefix="cluster.")
     return Sweep(str(d.get("name") or path.stem), runs, mp, ex, cluster, source)
 
-# %% ../nbs/91_sweep.ipynb #3ff17e3c
+# %% ../nbs/91_sweep.ipynb #0abe5de1
 def _flat(d: dict, prefix: str) -> dict:
     out = {}
     for k, v in d.items():
@@ -153,7 +154,7 @@ def read_index(experiment: str) -> pd.DataFrame:
     if not f.exists(): raise FileNotFoundError(f"no index for experiment {experiment!r}: {f} (run a sweep first)")
     return pd.read_csv(f)
 
-# %% ../nbs/91_sweep.ipynb #153295bb
+# %% ../nbs/91_sweep.ipynb #ebc8fc87
 def execute_unit(home: str, template: str, params: dict, force: bool = False) -> dict:
     "Run one sweep unit (in a worker): the runner's result or error as a plain dict."
     if home and os.environ.get("LABNB_HOME") != home: os.environ["LABNB_HOME"] = home
@@ -161,7 +162,7 @@ def execute_unit(home: str, template: str, params: dict, force: bool = False) ->
     except Exception as e: return {"ok": False, "error": f"{type(e).__name__}: {e}"}
     return {"ok": True, "status": r.status, "run_id": r.run_id, "seconds": round(r.seconds, 3), "params": r.params, "metrics": r.metrics}
 
-# %% ../nbs/91_sweep.ipynb #6e3aea8e
+# %% ../nbs/91_sweep.ipynb #21a049cd
 class LocalExecutor:
     "Units in local worker processes."
     def __init__(self, max_parallel: int = 1, cluster: ClusterConfig|None = None):
@@ -182,7 +183,7 @@ def _slurm_kwargs(cfg: ClusterConfig) -> dict:
     return dict(queue=cfg.queue, account=cfg.account, cores=cfg.processes, processes=cfg.processes, job_cpu=cfg.cores,
                 memory=cfg.memory, walltime=cfg.walltime, job_extra_directives=cfg.job_extra,
                 job_script_prologue=cfg.env_setup, python=cfg.python or sys.executable, log_directory=cfg.log_directory,
-                job_name=cfg.job_name)
+                job_name=cfg.job_name, interface=cfg.interface)
 
 def slurm_cluster(cfg: ClusterConfig, max_parallel: int|None = None):
     "A dask-jobqueue `SLURMCluster` from the `cluster:` section, scaled to `cfg.jobs` jobs."
@@ -212,14 +213,14 @@ class DaskExecutor:
 
 EXECUTORS = {"local": LocalExecutor, "dask": DaskExecutor}
 
-# %% ../nbs/91_sweep.ipynb #d2827753
+# %% ../nbs/91_sweep.ipynb #deb8f3cb
 def slurm_job_script(cluster: dict|ClusterConfig, scheduler: str = "tcp://SCHEDULER:8786") -> str:
     "The sbatch script dask-jobqueue submits for a `cluster:` section (kind slurm); nothing is submitted."
     from dask_jobqueue.slurm import SLURMJob
     cfg = cluster if isinstance(cluster, ClusterConfig) else from_dict(ClusterConfig, {"kind": "slurm", **cluster}, prefix="cluster.")
     return SLURMJob(scheduler=scheduler, name=f"{cfg.job_name}-worker", **_slurm_kwargs(cfg)).job_script()
 
-# %% ../nbs/91_sweep.ipynb #359e5cbb
+# %% ../nbs/91_sweep.ipynb #0d30c387
 @dataclass
 class SweepResult:
     name: str
@@ -274,7 +275,7 @@ def run_sweep(sweep, retry_failed: bool = False, max_parallel: int|None = None, 
     counts = {s: sum(u.status == s for u in rows) for s in ("pending", "running", "completed", "failed", "skipped")}
     return SweepResult(sw.name, counts, [(u.unit, u.error or "") for u in rows if u.status == "failed"], st.path)
 
-# %% ../nbs/91_sweep.ipynb #e7b9d07e
+# %% ../nbs/91_sweep.ipynb #6bb777ca
 def _sweep_dir(sweep) -> Path:
     p = Path(sweep)
     name = (yaml.safe_load(p.read_text()) or {}).get("name") or p.stem if p.suffix in (".yaml", ".yml") and p.is_file() else str(sweep)

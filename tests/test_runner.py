@@ -49,7 +49,7 @@ def killed_and_resumed():
         yield h, before, mtimes, _units(status), (h / "results" / "smoke" / "index.csv").read_text()
 
 
-def test_resume_after_sigkill_reruns_nothing_completed(killed_and_resumed):
+def test_resume_after_sigkill_reruns_nothing_completed(killed_and_resumed, capsys):
     h, before, mtimes, after, index = killed_and_resumed
     done = {u: r for u, r in before.items() if r.status == "completed"}
     assert 2 <= len(done) < 6, before
@@ -60,8 +60,7 @@ def test_resume_after_sigkill_reruns_nothing_completed(killed_and_resumed):
     for u, old in before.items():        # killed mid-run: ran once more
         if old.status == "running": assert after[u].attempts == 2, u
     assert len(index.splitlines()) == 7
-    st = subprocess.run([*LABNB, "status", "smoke"], cwd=h, capture_output=True, text=True)
-    assert st.returncode == 0 and "6 completed" in st.stdout, st.stdout
+    assert main(["status", "smoke"]) == 0 and "6 completed" in capsys.readouterr().out
 
 
 def test_uninterrupted_dask_sweep_gives_the_same_index(killed_and_resumed):
