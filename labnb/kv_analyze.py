@@ -9,7 +9,7 @@ __all__ = ['KEYS', 'SCORE_COLS', 'CI_RULES', 'BASELINE_PRESSES', 'TASK_METRICS',
            'kv_memory', 'efficiency', 'plot_accuracy', 'plot_failures', 'plot_latency_memory', 'task_metric',
            'AnalysisConfig', 'analyze']
 
-# %% ../nbs/37_kv_analyze.ipynb #2861e74a
+# %% ../nbs/37_kv_analyze.ipynb #149c23ae
 import json, math, zlib
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -22,7 +22,7 @@ from .core import Config, ConfigError, logger
 from .store import atomic_path
 from .kv_score import score_frame, FAILURE_RULES
 
-# %% ../nbs/37_kv_analyze.ipynb #e54077f3
+# %% ../nbs/37_kv_analyze.ipynb #116a788b
 KEYS = ("task", "run_id", "press", "budget_kind", "budget", "bin")
 
 def chance_level(task: str, meta) -> float:
@@ -74,7 +74,7 @@ def load_results(store) -> pd.DataFrame:
     df.loc[df["detail"].isna(), ["em", "f1"]] = None                      # unscored: scored in memory below
     return results_frame(df.drop(columns=["detail"]))
 
-# %% ../nbs/37_kv_analyze.ipynb #73cb118d
+# %% ../nbs/37_kv_analyze.ipynb #6a5b1b1f
 def _uuid(rng) -> str:
     h = "".join(rng.choice(list("0123456789abcdef"), 32))
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -130,7 +130,7 @@ def synthetic_store(path, n_per_bin: int = 12, bins: int = 3, budgets: Sequence[
                       ("failed" if r.get("error_type") else "completed", rid, ex))
     return st
 
-# %% ../nbs/37_kv_analyze.ipynb #332d9ef3
+# %% ../nbs/37_kv_analyze.ipynb #73484e1a
 def key_seed(seed: int, *key) -> int:
     "A seed for one group: stable across processes and independent of group order."
     return (seed * 1_000_003 + zlib.crc32(repr(tuple(str(k) for k in key)).encode())) % 2**32
@@ -158,7 +158,7 @@ def bootstrap_diff_ci(a, b, level: float = 0.95, n_boot: int = 2000, seed: int =
     s = sa - sb
     return (float(np.quantile(s, (1 - level) / 2)), float(np.quantile(s, (1 + level) / 2)))
 
-# %% ../nbs/37_kv_analyze.ipynb #9c65d718
+# %% ../nbs/37_kv_analyze.ipynb #2377a7b9
 def _pct(s: pd.Series, q: float) -> float:
     s = s.dropna(); return float(np.percentile(s, q)) if len(s) else math.nan
 
@@ -182,7 +182,7 @@ def summarize(res: pd.DataFrame, metrics: Sequence[str] = ("f1", "em", "contains
     return out.sort_values([c for c in ("task", "press", "budget_kind", "bin") if c in out] + ["budget"],
                            ascending=[True] * (len([c for c in ("task", "press", "budget_kind", "bin") if c in out])) + [False]).reset_index(drop=True)
 
-# %% ../nbs/37_kv_analyze.ipynb #6ce3b09c
+# %% ../nbs/37_kv_analyze.ipynb #b8d70e47
 @dataclass
 class Transition:
     "Where a curve collapses: `budget` is None when no step qualifies."
@@ -227,7 +227,7 @@ def detect_transition_ci(samples: Mapping[float, Sequence[float]], threshold: fl
             return Transition(float(cur), float(prev), before, after, before - after, lo, hi, rule)
     return Transition(rule=rule)
 
-# %% ../nbs/37_kv_analyze.ipynb #4aca6b58
+# %% ../nbs/37_kv_analyze.ipynb #d2ffb268
 BASELINE_PRESSES = ("none", "full", "no_press")
 
 def with_baseline(res: pd.DataFrame) -> pd.DataFrame:
@@ -258,7 +258,7 @@ def transitions(res: pd.DataFrame, metric: str = "f1", threshold: float = 0.1, r
                          diff_lo=ci.diff_lo, diff_hi=ci.diff_hi, rule=rule, threshold=threshold))
     return pd.DataFrame(rows)
 
-# %% ../nbs/37_kv_analyze.ipynb #85dc9d91
+# %% ../nbs/37_kv_analyze.ipynb #4d42efe3
 def focus_plan(res: pd.DataFrame, metric: str = "f1", target_width: float = 0.2, cap: int = 100, threshold: float = 0.1,
                rule: str = "diff", level: float = 0.95, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     "Cells (task, press, budget_kind, bin, budget, run_id) next to each transition, with their CI width and `n_more`."
@@ -287,7 +287,7 @@ def focus_plan(res: pd.DataFrame, metric: str = "f1", target_width: float = 0.2,
         rows += cells
     return pd.DataFrame(rows, columns=["task", "press", "budget_kind", "bin", "budget", "run_id", "n", "ci_width", "n_target", "n_more"])
 
-# %% ../nbs/37_kv_analyze.ipynb #dc8809c4
+# %% ../nbs/37_kv_analyze.ipynb #0aec86ba
 def kv_memory(res: pd.DataFrame) -> pd.DataFrame:
     "Measured KV-cache size per (task, press, budget_kind, budget)."
     g = with_baseline(res).groupby(["task", "press", "budget_kind", "budget"])
@@ -310,7 +310,7 @@ def efficiency(res: pd.DataFrame, out_weight: float = 4.0) -> pd.DataFrame:
     return out.drop(columns=["latency_total", "completion_total"]).sort_values(
         ["task", "press", "budget_kind", "budget"], ascending=[True, True, True, False]).reset_index(drop=True)
 
-# %% ../nbs/37_kv_analyze.ipynb #5fdf307f
+# %% ../nbs/37_kv_analyze.ipynb #d65cb9fd
 def _bin_label(sm: pd.DataFrame) -> dict:
     t = sm.groupby("bin").agg(lo=("n_tokens_min", "min"), hi=("n_tokens_max", "max"))
     return {b: f"{b}\n{int(r.lo)}-{int(r.hi)}" if pd.notna(r.lo) else str(b) for b, r in t.iterrows()}
@@ -318,19 +318,26 @@ def _bin_label(sm: pd.DataFrame) -> dict:
 def plot_accuracy(sm: pd.DataFrame, metric: str = "f1", chance: Mapping|None = None, title: str = ""):
     "Mean `metric` by bin, a line per budget with CI bars, a panel per (task, press); `chance` {bin: level} dashed."
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    sm = with_baseline(sm)                                # the full-cache run is every press's largest budget
     panels = list(sm.groupby(["task", "press"]).groups)
+    budgets = sorted(sm.budget.unique(), reverse=True)
+    color = {b: f"C{i}" for i, b in enumerate(budgets)}
+    labels = _bin_label(sm)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), sharey=True, squeeze=False)
     for ax, (task, press) in zip(axes[0], panels):
         d = sm[(sm.task == task) & (sm.press == press)]
-        labels = _bin_label(d)
-        for i, (b, db) in enumerate(sorted(d.groupby("budget"), key=lambda x: -x[0])):
-            db = db.sort_values("bin")
-            ax.errorbar(db.bin + (i - 1.5) * 0.04, db[metric], yerr=[db[metric] - db[f"{metric}_lo"], db[f"{metric}_hi"] - db[metric]],
-                        marker="o", capsize=3, label=f"{b:g}")
-        if chance: ax.plot(sorted(chance), [chance[b] for b in sorted(chance)], "k--", lw=1, label="chance")
+        for b, db in d.groupby("budget"):
+            db, i = db.sort_values("bin"), budgets.index(b)
+            ax.errorbar(db.bin + (i - (len(budgets) - 1) / 2) * 0.04, db[metric], color=color[b], marker="o", capsize=3,
+                        yerr=[db[metric] - db[f"{metric}_lo"], db[f"{metric}_hi"] - db[metric]])
+        if chance: ax.plot(sorted(chance), [chance[b] for b in sorted(chance)], "k--", lw=1)
         ax.set_xticks(sorted(labels)); ax.set_xticklabels([labels[b] for b in sorted(labels)], fontsize=8)
         ax.set_title(f"{task} · {press}", fontsize=10); ax.set_xlabel("length bin (tokens)"); ax.set_ylim(-0.03, 1.03)
-    axes[0][0].set_ylabel(metric); axes[0][-1].legend(title="budget", fontsize=8)
+    axes[0][0].set_ylabel(metric)
+    handles = [Line2D([], [], color=color[b], marker="o", label=f"{b:g}") for b in budgets]
+    if chance: handles.append(Line2D([], [], color="k", ls="--", label="chance"))
+    axes[0][-1].legend(handles=handles, title="budget", fontsize=8)
     if title: fig.suptitle(title)
     fig.tight_layout(); return fig
 
@@ -379,7 +386,7 @@ def plot_latency_memory(res: pd.DataFrame, metric: str = "f1", title: str = ""):
     if title: fig.suptitle(title)
     fig.tight_layout(); return fig
 
-# %% ../nbs/37_kv_analyze.ipynb #07298d92
+# %% ../nbs/37_kv_analyze.ipynb #1517f1f0
 TASK_METRICS = {"kv_retrieval": "contains", "synthetic_kv": "contains", "needle": "contains", "nq": "contains"}
 
 def task_metric(task: str, default: str = "f1") -> str:
