@@ -12,7 +12,7 @@ __all__ = ['EMBEDDERS', 'DEFAULT_TASKS', 'DEFAULT_HELDOUT', 'PRESETS', 'DELTA_ME
            'composition', 'train_run', 'evaluate_run', 'run_experiment', 'verify_reproducibility', 'delta_silhouette',
            'plot_deltas', 'plot_history', 'plot_composition']
 
-# %% ../nbs/26_llgbm.ipynb #e366f144
+# %% ../nbs/26_llgbm.ipynb #0ea6318a
 import dataclasses, hashlib, itertools, json, math, random, re, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,7 @@ from .lora import (LoraSpec, TeacherConfig, LoraLayout, lora_layout, flatten_lor
                         train_teacher, save_adapter, load_adapter, task_pairs, split_pairs, answer_metrics, lora_forward)
 from .deltas import ProbeConfig, DeltaConfig, probe_set, base_states, delta_activations, compute_deltas, AGGREGATES
 
-# %% ../nbs/26_llgbm.ipynb #d337dcb6
+# %% ../nbs/26_llgbm.ipynb #51cd5e55
 def _hash_embed(texts: Sequence[str]) -> np.ndarray:
     out = np.zeros((len(texts), 256), np.float32)
     for i, t in enumerate(texts):
@@ -59,7 +59,7 @@ def describe(emb: np.ndarray, k: int, rng: random.Random) -> np.ndarray:  # emb:
     "Mean embedding of `k` examples drawn with `rng`."
     return emb[rng.sample(range(len(emb)), min(k, len(emb)))].mean(0)
 
-# %% ../nbs/26_llgbm.ipynb #bb961ea5
+# %% ../nbs/26_llgbm.ipynb #2060ec8b
 @dataclass
 class ModelConfig(Config):
     "The frozen base model: an offline name of `labnb.models` or `tiny-<arch>` (random, tests)."
@@ -120,7 +120,7 @@ DEFAULT_TASKS = {"fv/antonym": "linguistic", "fv/present-past": "linguistic", "f
                  "fv/capitalize_first_letter": "symbolic", "fv/lowercase_first_letter": "symbolic"}
 DEFAULT_HELDOUT = ["fv/singular-plural", "fv/english-spanish", "fv/lowercase_first_letter"]
 
-# %% ../nbs/26_llgbm.ipynb #3ae80ebc
+# %% ../nbs/26_llgbm.ipynb #92615ba4
 PRESETS: dict[str, dict] = {
     "baseline":    {"train.weight_loss": 1.0, "train.delta_loss": 0.0},
     "delta_multi": {"train.weight_loss": 1.0, "train.delta_loss": 1.0, "train.delta_warmup": 5, "train.delta_ramp": 10},
@@ -147,7 +147,7 @@ def read_config(path) -> ExperimentConfig:
     from labnb.core import read_yaml
     return ExperimentConfig.from_dict(read_yaml(path), source=str(path))
 
-# %% ../nbs/26_llgbm.ipynb #d23c41fa
+# %% ../nbs/26_llgbm.ipynb #ba403eb9
 @dataclass
 class Context:
     "Everything an LLGBM step needs that does not change during an experiment."
@@ -204,7 +204,7 @@ def teacher_table(teachers: dict, cfg: ExperimentConfig) -> pd.DataFrame:
                           "steps": m["steps"], "final_loss": m["final_loss"], "eval_loss": m["eval_loss"],
                           "base_accuracy": m["base_accuracy"], "accuracy": m["accuracy"]} for t, (_, m) in teachers.items()])
 
-# %% ../nbs/26_llgbm.ipynb #68541335
+# %% ../nbs/26_llgbm.ipynb #0dbb05c5
 class LoraGenerator(nn.Module):
     "Task embedding `[batch, d_in]` -> flattened LoRA factors `[batch, n_params]`."
     def __init__(self, d_in: int, layout: LoraLayout, hidden: int, mean: torch.Tensor, scale: torch.Tensor, init_std: float = 1e-3):
@@ -242,7 +242,7 @@ DELTA_METRICS = {
     "cosine": lambda d, t: (1 - nn.functional.cosine_similarity(d, t, dim=-1)).mean(),
 }
 
-# %% ../nbs/26_llgbm.ipynb #486aaf9f
+# %% ../nbs/26_llgbm.ipynb #7d8add99
 @dataclass
 class TeacherData:
     "Teachers of one experiment as tensors: flattened weights and per-probe deltas."
@@ -336,7 +336,7 @@ def load_generator(ctx: Context, run_dir) -> LoraGenerator:
     gen.load_state_dict(state["generator"])
     return gen.eval()
 
-# %% ../nbs/26_llgbm.ipynb #1a050819
+# %% ../nbs/26_llgbm.ipynb #e71e3672
 def task_description(cfg: ExperimentConfig, emb: np.ndarray, task: str) -> np.ndarray:
     "The fixed evaluation embedding of a task (seeded by the task name)."
     return describe(emb, cfg.generator.n_examples, random.Random(f"{cfg.train.seed}-{task}"))
@@ -400,7 +400,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     "Mean accuracy / loss / delta cosine per split and method."
     return df.groupby(["split", "method"], sort=False)[["accuracy", "loss", "delta_cos"]].mean().round(4)
 
-# %% ../nbs/26_llgbm.ipynb #cdfc86fb
+# %% ../nbs/26_llgbm.ipynb #42f782a5
 def faiss_top1(db: np.ndarray, queries: np.ndarray) -> np.ndarray:  # db: [n, d], queries: [m, d] -> [m]
     "Index of the most cosine-similar row of `db` for each query (faiss flat inner-product index)."
     import faiss
@@ -447,7 +447,7 @@ def composition(ctx: Context, teachers: dict, pairs: Sequence[tuple[str, str]], 
         rows.append(row)
     return pd.DataFrame(rows)
 
-# %% ../nbs/26_llgbm.ipynb #12333bb7
+# %% ../nbs/26_llgbm.ipynb #8d6e2ad9
 def _methods(ctx, teachers, gens) -> dict:
     return {"base": None, "mean_teachers": mean_teacher(teachers, ctx.cfg.train_tasks),
             "teacher": {t: teachers[t][0] for t in teachers}, "generated": gens}
@@ -514,7 +514,7 @@ def verify_reproducibility(run_dir, tol: float = 1e-5, ctx: Context|None = None,
     ok = len(m) == len(old) == len(new) and all(v <= tol for v in diffs.values()) and (m["config_hash_saved"] == m["config_hash_rerun"]).all()
     return {"ok": bool(ok), "tol": tol, "max_abs_diff": diffs, "n_compared": len(m), "config_hash": ctx.cfg.config_hash()}
 
-# %% ../nbs/26_llgbm.ipynb #0e781666
+# %% ../nbs/26_llgbm.ipynb #d6b4ffaa
 def delta_silhouette(deltas: np.ndarray, labels: Sequence[str]) -> float:
     "Silhouette score (cosine) of `labels` clusters of the deltas; nan when it is undefined."
     from sklearn.metrics import silhouette_score
@@ -522,7 +522,7 @@ def delta_silhouette(deltas: np.ndarray, labels: Sequence[str]) -> float:
     return float(silhouette_score(np.asarray(deltas, np.float64), list(labels), metric="cosine"))
 
 def plot_deltas(deltas: np.ndarray, tasks: Sequence[str], domains: Sequence[str], title: str = "", seed: int = 0):
-    "PCA and t-SNE of deltas `[n, d]` coloured by domain; returns `(fig, silhouette)`."
+    "PCA and t-SNE of deltas `[n, d]` coloured by `domains` (any grouping: domain, task); returns `(fig, silhouette)`."
     import matplotlib.pyplot as plt, seaborn as sns
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
@@ -531,13 +531,14 @@ def plot_deltas(deltas: np.ndarray, tasks: Sequence[str], domains: Sequence[str]
     xs = {"PCA": PCA(2, random_state=seed).fit_transform(x),
           "t-SNE": TSNE(2, perplexity=max(1.0, min(5.0, (len(x) - 1) / 3)), init="pca", random_state=seed).fit_transform(x)}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    pal = dict(zip(sorted(set(domains)), sns.color_palette("tab10")))
+    groups = sorted(set(domains))
+    pal = dict(zip(groups, sns.color_palette("tab10" if len(groups) <= 10 else "husl", len(groups))))
     for ax, (name, p) in zip(axes, xs.items()):
         for (px, py), t, d in zip(p, tasks, domains):
             ax.scatter(px, py, color=pal[d], s=60, label=d); ax.annotate(t.split("/")[-1], (px, py), fontsize=7, alpha=0.8)
         h, l = ax.get_legend_handles_labels(); uniq = dict(zip(l, h))
         ax.set_title(f"{name} of deltas"); ax.legend(list(uniq.values()), list(uniq.keys()), fontsize=8)
-    fig.suptitle(f"{title} silhouette (domain, cosine) = {sil:.3f}")
+    fig.suptitle(f"{title} silhouette (colour groups, cosine) = {sil:.3f}")
     fig.tight_layout()
     return fig, sil
 
