@@ -6,7 +6,7 @@
 __all__ = ['WORKFLOWS', 'SKIP_EXEC', 'COMMANDS', 'UsageError', 'promote', 'cmd_run', 'cmd_sweep', 'cmd_status', 'cmd_docs',
            'cmd_promote', 'demo', 'format_table', 'cmd_demo', 'build_parser', 'main']
 
-# %% ../nbs/92_cli.ipynb #3e661772
+# %% ../nbs/92_cli.ipynb #8150f32a
 import argparse, importlib, json, logging, re, sys, time
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from .core import ConfigError, logger, paths
 from .store import atomic_write
 from .runner import RunFailed, rel_home, run_template, strip_home, templates
 
-# %% ../nbs/92_cli.ipynb #1d6a3c19
+# %% ../nbs/92_cli.ipynb #0f2c4af2
 WORKFLOWS = {"kv": "labnb.kv_cli:main", "llgbm": "labnb.llgbm_cli:main"}
 
 class UsageError(ValueError): "Bad command-line input."
@@ -29,7 +29,7 @@ def _dispatch_workflow(name: str, argv: list[str]) -> int:
         raise UsageError(f"workflow {name!r} is not available (module {mod} not found)") from None
     return int(getattr(module, fn)(argv) or 0)
 
-# %% ../nbs/92_cli.ipynb #367a1dba
+# %% ../nbs/92_cli.ipynb #0733bb67
 SKIP_EXEC = "---\nskip_exec: true\n---"
 
 def _run_notebook(run_dir: Path) -> Path:
@@ -56,7 +56,7 @@ def promote(run_dir, name: str) -> Path:
     atomic_write(dest, nbformat.writes(nbformat.from_dict(nb)))
     return dest
 
-# %% ../nbs/92_cli.ipynb #535bc3e0
+# %% ../nbs/92_cli.ipynb #6b4a65c4
 def _parse_params(pairs) -> dict:
     out = {}
     for k, v in pairs or []:
@@ -83,14 +83,16 @@ def cmd_status(a) -> int:
     print(status_report(a.sweep)); return 0
 
 def cmd_docs(a) -> int:
-    from labnb.docs import build_docs
+    from labnb.docs import build_docs, write_readme
+    if a.readme:
+        print(f"wrote {rel_home(write_readme(execute=not a.no_exec))}"); return 0
     out = build_docs(a.out, execute=not a.no_exec)
     print(f"docs written to {out}/index.html"); return 0
 
 def cmd_promote(a) -> int:
     print(f"promoted to {rel_home(promote(a.run_dir, a.name))}"); return 0
 
-# %% ../nbs/92_cli.ipynb #b9f6e2ba
+# %% ../nbs/92_cli.ipynb #8400e326
 def demo(force: bool = False, only: list[str]|None = None) -> list[dict]:
     "Run every template with its defaults through the runner; one row per template."
     rows = []
@@ -120,7 +122,7 @@ def cmd_demo(a) -> int:
     print(format_table(rows))
     return 1 if any(r["status"] == "failed" for r in rows) else 0
 
-# %% ../nbs/92_cli.ipynb #33d33189
+# %% ../nbs/92_cli.ipynb #9e244fda
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "status": cmd_status, "docs": cmd_docs, "promote": cmd_promote, "demo": cmd_demo}
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("docs", help="build the docs site")
     d.add_argument("--out", default="_docs", help="output folder (default _docs)")
     d.add_argument("--no-exec", action="store_true", help="do not execute notebooks stored without outputs")
+    d.add_argument("--readme", action="store_true", help="only render nbs/index.ipynb to README.md")
     pr = sub.add_parser("promote", help="publish a run's executed notebook as nbs/runs/NAME.ipynb")
     pr.add_argument("run_dir"); pr.add_argument("name")
     dm = sub.add_parser("demo", help="run every template with its defaults and report a table")

@@ -6,7 +6,7 @@
 __all__ = ['SECTIONS', 'CSS', 'PAGE', 'SECTION_TITLES', 'Page', 'page_href', 'find_pages', 'executed', 'process_notebook',
            'render_cells', 'rewrite_links', 'check_site', 'build_static', 'build_docs', 'write_readme']
 
-# %% ../nbs/94_docs.ipynb #1042e27e
+# %% ../nbs/94_docs.ipynb #c2bebcea
 import base64, hashlib, html, json, os, re, shutil, subprocess, sys, tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ import nbformat
 from .core import logger, paths
 from .store import atomic_write
 
-# %% ../nbs/94_docs.ipynb #8abe9329
+# %% ../nbs/94_docs.ipynb #a8ffb55a
 SECTIONS = {"library": "*.ipynb", "experiments": "experiments/*.ipynb", "runs": "runs/*.ipynb"}
 
 @dataclass
@@ -42,7 +42,7 @@ def find_pages(nbs: Path|None = None) -> list[Page]:
         out += [Page(p, page_href(p, nbs), sec) for p in sorted(nbs.glob(pat)) if p.name != "index.ipynb" and not p.name.startswith("_")]
     return out
 
-# %% ../nbs/94_docs.ipynb #5f9e3250
+# %% ../nbs/94_docs.ipynb #71f09e8a
 def _has_outputs(nb: dict) -> bool: return any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
 
 def _skip_exec(nb: dict) -> bool:
@@ -81,7 +81,7 @@ def executed(path: Path, cache: Path|None = None, timeout: float = 1800) -> Path
         os.replace(tmp, dst)
     return dst
 
-# %% ../nbs/94_docs.ipynb #d0625a16
+# %% ../nbs/94_docs.ipynb #cd525a36
 _DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+)\s*:?\s*(.*)$")
 
 def _directives(src: str) -> tuple[dict, str]:
@@ -147,9 +147,11 @@ def process_notebook(path: Path, execute: bool = True) -> tuple[dict, dict]:
         i = max(j, i + 1)
     if note: cells.insert(0, {"cell_type": "markdown", "metadata": {}, "source": f"> **Note** the API reference of this page could not be generated: `{note}`"})
     d = nb2dict(nb); d["cells"] = cells
+    lang = d["metadata"].get("kernelspec", {}).get("language", "python")
+    d["metadata"].setdefault("language_info", {"name": lang})             # code fences and highlighting need it
     return d, fm
 
-# %% ../nbs/94_docs.ipynb #337df3e7
+# %% ../nbs/94_docs.ipynb #d1cc3489
 def render_cells(nb: dict, nb_dir: Path) -> str:
     "HTML of the cells (nbconvert's basic template, images embedded, inputs tagged `remove_input` hidden)."
     from nbconvert import HTMLExporter
@@ -165,7 +167,7 @@ def render_cells(nb: dict, nb_dir: Path) -> str:
     body, _ = ex.from_notebook_node(node, resources={"metadata": {"path": str(nb_dir)}})
     return body
 
-# %% ../nbs/94_docs.ipynb #206e2b21
+# %% ../nbs/94_docs.ipynb #d37628e4
 _HREF = re.compile(r'(<(?:a|img)\b[^>]*?\s(?:href|src)=")([^"]*)(")')           # attributes of real links and images only
 _ATTRS = re.compile(r'(<a [^>]*)>([^<]*)</a>\{([^}]*)\}')                          # pandoc `[text](url){attrs}` left by show_doc
 
@@ -209,7 +211,7 @@ def check_site(out) -> dict:
             if not (out / p).parent.joinpath(unquote(u.path)).resolve().exists(): broken.append((p, url))
     return {"pages": pages, "broken": broken, "images": images}
 
-# %% ../nbs/94_docs.ipynb #9791bc11
+# %% ../nbs/94_docs.ipynb #db33101d
 CSS = """
 :root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --bg2:#f6f8fa; --accent:#0969da; }
 * { box-sizing: border-box; }
@@ -288,7 +290,7 @@ def _contents(pages: list[Page]) -> str:
                                                      for p in items) + "</dl>")
     return "".join(out) + "</div>"
 
-# %% ../nbs/94_docs.ipynb #5bbffa6c
+# %% ../nbs/94_docs.ipynb #e58f64d2
 def _settings() -> dict:
     from configparser import ConfigParser
     c = ConfigParser(delimiters=["="]); c.read(paths().home / "settings.ini")
@@ -343,7 +345,7 @@ def build_docs(out="_docs", execute: bool = True) -> Path:
     logger.info("docs: %d pages, %d images, %d broken links in %s", len(report["pages"]), report["images"], len(report["broken"]), site)
     return site
 
-# %% ../nbs/94_docs.ipynb #5baa080c
+# %% ../nbs/94_docs.ipynb #a1b7ed2e
 def write_readme(dest=None, execute: bool = True, images_dir: str = "results/docs/readme") -> Path:
     "Render `nbs/index.ipynb` (with outputs) to `README.md` as Markdown."
     from nbconvert import MarkdownExporter
