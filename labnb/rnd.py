@@ -9,7 +9,7 @@ __all__ = ['ACTIVATIONS', 'INPUT_MODES', 'CONTROLS', 'BASELINES', 'PAIR_FIELDS',
            'mahalanobis_scores', 'pair_texts', 'GroupSpec', 'pair_embeddings', 'evaluate', 'NoveltyExperiment',
            'run_seeds', 'stats_table', 'summarize', 'curves_table', 'scores_table']
 
-# %% ../nbs/11_rnd.ipynb #963fbad6
+# %% ../nbs/11_rnd.ipynb #fecf5c04
 import math
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
@@ -21,7 +21,7 @@ from torch import nn
 from .core import Config, ConfigError, logger, seed_everything
 from .embeddings import embed_texts
 
-# %% ../nbs/11_rnd.ipynb #489e0aa6
+# %% ../nbs/11_rnd.ipynb #ddb804ca
 ACTIVATIONS: dict[str, type] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU}
 
 @dataclass
@@ -50,7 +50,7 @@ class RNDConfig(Config):
         if self.clip <= 0: raise ConfigError("clip", f"must be > 0, got {self.clip}")
         if not 0 <= self.calibration_fraction < 1: raise ConfigError("calibration_fraction", f"must be in [0, 1), got {self.calibration_fraction}")
 
-# %% ../nbs/11_rnd.ipynb #6cfa02db
+# %% ../nbs/11_rnd.ipynb #4cae7e2a
 class RunningMeanStd(nn.Module):
     "Running per-feature mean and variance; `normalize` whitens and clips."
     def __init__(self, dim: int, clip: float = 5.0, eps: float = 1e-8):
@@ -71,7 +71,7 @@ class RunningMeanStd(nn.Module):
         z = (x - self.mean.to(x.dtype)) / torch.sqrt(self.var.to(x.dtype) + self.eps)
         return z.clamp(-self.clip, self.clip)
 
-# %% ../nbs/11_rnd.ipynb #89fe416c
+# %% ../nbs/11_rnd.ipynb #0ce9a934
 def mlp(d_in: int, hidden: Sequence[int], d_out: int, activation: str = "relu") -> nn.Sequential:
     "An MLP with orthogonal init (gain sqrt(2) on hidden layers, 1 on the output layer), zero biases."
     dims, layers = [d_in, *hidden], []
@@ -96,7 +96,7 @@ class RND(nn.Module):
         z = self.prepare(x)
         return (self.predictor(z) - self.target(z)).pow(2).mean(-1)
 
-# %% ../nbs/11_rnd.ipynb #c9f21732
+# %% ../nbs/11_rnd.ipynb #85dd1918
 class PairInputs:
     "RND inputs built on the fly from problem and answer embedding arrays (memory-mapped or not)."
     def __init__(self, problem, answer, mode: str = "concat"):
@@ -119,7 +119,7 @@ def _rows(X, idx) -> torch.Tensor:
 
 def _dim(X) -> int: return X.dim if isinstance(X, PairInputs) else X.shape[1]
 
-# %% ../nbs/11_rnd.ipynb #9c94dbe7
+# %% ../nbs/11_rnd.ipynb #d7599c1c
 @torch.no_grad()
 def score(model: RND, X, idx=None, batch_size: int = 1024) -> np.ndarray:
     "Per-item prediction error (the novelty score) of the rows `idx` (default: all) of `X`."
@@ -168,7 +168,7 @@ def calibrate(scores, reference) -> np.ndarray:
     ref = np.sort(np.asarray(reference))
     return 100.0 * np.searchsorted(ref, np.asarray(scores), side="right") / len(ref)
 
-# %% ../nbs/11_rnd.ipynb #019c5001
+# %% ../nbs/11_rnd.ipynb #a88ecfce
 def cohens_d(a, b) -> float:
     "Cohen's d of `a` against `b` with the pooled standard deviation."
     a, b = np.asarray(a, float), np.asarray(b, float)
@@ -195,7 +195,7 @@ def novelty_stats(scores: dict, reference: str = "seen") -> dict:
         out[g] = row
     return out
 
-# %% ../nbs/11_rnd.ipynb #51b438f7
+# %% ../nbs/11_rnd.ipynb #2f105208
 def derangement(n: int, rng) -> np.ndarray:
     "A random permutation of range(n) with no fixed point (n >= 2)."
     if n < 2: raise ValueError(f"a derangement needs n >= 2, got {n}")
@@ -240,7 +240,7 @@ def make_controls(problem, answer, mode: str, rng, controls: Sequence[str] = tup
         check_differs(out[c], held.materialize(), c)
     return out
 
-# %% ../nbs/11_rnd.ipynb #512d8beb
+# %% ../nbs/11_rnd.ipynb #b5ef9a94
 def _standardize(train, *others):
     mu, sd = train.mean(0), train.std(0) + 1e-6
     return [(x - mu) / sd for x in (train, *others)]
@@ -261,7 +261,7 @@ def mahalanobis_scores(train, groups: dict) -> dict:
 
 BASELINES = {"knn": knn_scores, "mahalanobis": mahalanobis_scores}
 
-# %% ../nbs/11_rnd.ipynb #ddf6dd73
+# %% ../nbs/11_rnd.ipynb #186d3d96
 def _gsm8k_pair(r): return r.problem, f"{r.solution}\n#### {r.answer}"
 def _sentence_pair(r): return r.s1, r.s2
 def _icl_pair(r): return r.input, r.output
@@ -298,7 +298,7 @@ def pair_embeddings(groups: dict[str, GroupSpec], encoder: str, layer: int, pool
                        for t, f in ((p, "problem"), (a, "answer")))
     return out
 
-# %% ../nbs/11_rnd.ipynb #817ef68e
+# %% ../nbs/11_rnd.ipynb #86ea15ff
 def evaluate(emb: dict, cfg: RNDConfig, train: str = "train", reference: str = "seen",
              baselines: Sequence[str] = tuple(BASELINES), controls: Sequence[str] = tuple(CONTROLS)) -> dict:
     "Train on `emb[train]`, score all groups + controls -> {'stats', 'baselines', 'scores', 'history'}."
@@ -320,7 +320,7 @@ def evaluate(emb: dict, cfg: RNDConfig, train: str = "train", reference: str = "
     return {"stats": novelty_stats(scores, reference), "baselines": base, "scores": scores, "calib_scores": calib_scores,
             "calibrated": {g: calibrate(s, calib_scores) for g, s in scores.items()}, "history": hist}
 
-# %% ../nbs/11_rnd.ipynb #7f6cd082
+# %% ../nbs/11_rnd.ipynb #f638fa81
 @dataclass
 class NoveltyExperiment(Config):
     "Data, encoder and seeds of an RND novelty evaluation."
@@ -355,7 +355,7 @@ class NoveltyExperiment(Config):
         return pair_embeddings(self.groups(), self.encoder, self.layer, self.pooling, self.normalize_embeddings,
                                self.max_length, progress=progress)
 
-# %% ../nbs/11_rnd.ipynb #dca0f3e2
+# %% ../nbs/11_rnd.ipynb #e0dd0d3a
 def _save_seed(path, res: dict):
     from labnb.store import atomic_path, atomic_write_json
     arrays = {f"score__{g}": s for g, s in res["scores"].items()} | {"calib_scores": res["calib_scores"]}
@@ -376,9 +376,12 @@ def run_seeds(emb: dict, cfg: RNDConfig, seeds: Sequence[int], run=None, progres
     from tqdm.auto import tqdm
     out = {}
     for s in tqdm(seeds, desc="seeds", disable=not progress):
-        f = (run / f"seed_{s}.npz") if run is not None else None
-        if f is not None and f.exists() and f.with_suffix(".json").exists(): out[s] = _load_seed(f); continue
-        out[s] = evaluate(emb, cfg.replace(seed=int(s)), **kw)
+        c = cfg.replace(seed=int(s))
+        f = (run / f"seed_{s}-{c.config_hash()}.npz") if run is not None else None   # another config never matches
+        if f is not None and f.exists() and f.with_suffix(".json").exists():
+            try: out[s] = _load_seed(f); continue
+            except (OSError, KeyError, ValueError) as e: logger.warning("recomputing seed %s: %s", s, e)
+        out[s] = evaluate(emb, c, **kw)
         if f is not None: _save_seed(f, out[s])
     return out
 

@@ -74,10 +74,11 @@ def test_seeds_resume_from_run_folder(tmp_path):
     emb = {"train": (train[:, :6], train[:, 6:]), "seen": (held[:, :6], held[:, 6:]), "unseen": (novel[:, :6], novel[:, 6:])}
     run = RunFolder(tmp_path)
     a = run_seeds(emb, CFG.replace(epochs=2), [0, 1, 2], run=run, progress=False)
-    (tmp_path / "seed_1.npz").unlink()                      # as if killed during seed 1
-    stamp = {s: (tmp_path / f"seed_{s}.npz").stat().st_mtime_ns for s in (0, 2)}
+    files = {s: next(tmp_path.glob(f"seed_{s}-*.npz")) for s in (0, 1, 2)}
+    files[1].unlink()                                       # as if killed during seed 1
+    stamp = {s: files[s].stat().st_mtime_ns for s in (0, 2)}
     b = run_seeds(emb, CFG.replace(epochs=2), [0, 1, 2], run=run, progress=False)
-    assert {s: (tmp_path / f"seed_{s}.npz").stat().st_mtime_ns for s in (0, 2)} == stamp
+    assert {s: files[s].stat().st_mtime_ns for s in (0, 2)} == stamp and files[1].exists()
     np.testing.assert_allclose(a[1]["scores"]["unseen"], b[1]["scores"]["unseen"], rtol=1e-5)
     m = summarize(b)
     assert m["n_seeds"] == 3 and m["rnd"]["unseen"]["auroc_std"] >= 0
