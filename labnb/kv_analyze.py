@@ -9,7 +9,7 @@ __all__ = ['KEYS', 'SCORE_COLS', 'CI_RULES', 'BASELINE_PRESSES', 'TASK_METRICS',
            'kv_memory', 'efficiency', 'plot_accuracy', 'plot_failures', 'plot_latency_memory', 'task_metric',
            'AnalysisConfig', 'analyze']
 
-# %% ../nbs/37_kv_analyze.ipynb #149c23ae
+# %% ../nbs/37_kv_analyze.ipynb #2f8f9ab9
 import json, math, zlib
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -20,9 +20,9 @@ import pandas as pd
 
 from .core import Config, ConfigError, logger
 from .store import atomic_path
-from .kv_score import score_frame, FAILURE_RULES
+from .kv_score import score_frame, FAILURE_RULES, SCORER_VERSION
 
-# %% ../nbs/37_kv_analyze.ipynb #116a788b
+# %% ../nbs/37_kv_analyze.ipynb #b508c65a
 KEYS = ("task", "run_id", "press", "budget_kind", "budget", "bin")
 
 def chance_level(task: str, meta) -> float:
@@ -71,10 +71,11 @@ def load_results(store) -> pd.DataFrame:
     df["answers"] = df["answers"].map(json.loads)
     det = df["detail"].map(lambda s: json.loads(s) if isinstance(s, str) else {})
     df["contains"], df["outcome"] = det.map(lambda d: d.get("contains")), det.map(lambda d: d.get("outcome"))
-    df.loc[df["detail"].isna(), ["em", "f1"]] = None                      # unscored: scored in memory below
+    stale = det.map(lambda d: d.get("scorer_version") != SCORER_VERSION)
+    df.loc[stale, ["em", "f1"]] = None                                    # unscored or scored by older rules: redone in memory
     return results_frame(df.drop(columns=["detail"]))
 
-# %% ../nbs/37_kv_analyze.ipynb #6a5b1b1f
+# %% ../nbs/37_kv_analyze.ipynb #ca3dc0da
 def _uuid(rng) -> str:
     h = "".join(rng.choice(list("0123456789abcdef"), 32))
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -130,7 +131,7 @@ def synthetic_store(path, n_per_bin: int = 12, bins: int = 3, budgets: Sequence[
                       ("failed" if r.get("error_type") else "completed", rid, ex))
     return st
 
-# %% ../nbs/37_kv_analyze.ipynb #73484e1a
+# %% ../nbs/37_kv_analyze.ipynb #a8b6bb9a
 def key_seed(seed: int, *key) -> int:
     "A seed for one group: stable across processes and independent of group order."
     return (seed * 1_000_003 + zlib.crc32(repr(tuple(str(k) for k in key)).encode())) % 2**32
@@ -158,7 +159,7 @@ def bootstrap_diff_ci(a, b, level: float = 0.95, n_boot: int = 2000, seed: int =
     s = sa - sb
     return (float(np.quantile(s, (1 - level) / 2)), float(np.quantile(s, (1 + level) / 2)))
 
-# %% ../nbs/37_kv_analyze.ipynb #2377a7b9
+# %% ../nbs/37_kv_analyze.ipynb #dcdc1469
 def _pct(s: pd.Series, q: float) -> float:
     s = s.dropna(); return float(np.percentile(s, q)) if len(s) else math.nan
 
@@ -182,7 +183,7 @@ def summarize(res: pd.DataFrame, metrics: Sequence[str] = ("f1", "em", "contains
     return out.sort_values([c for c in ("task", "press", "budget_kind", "bin") if c in out] + ["budget"],
                            ascending=[True] * (len([c for c in ("task", "press", "budget_kind", "bin") if c in out])) + [False]).reset_index(drop=True)
 
-# %% ../nbs/37_kv_analyze.ipynb #b8d70e47
+# %% ../nbs/37_kv_analyze.ipynb #0574b8f3
 @dataclass
 class Transition:
     "Where a curve collapses: `budget` is None when no step qualifies."
@@ -227,7 +228,7 @@ def detect_transition_ci(samples: Mapping[float, Sequence[float]], threshold: fl
             return Transition(float(cur), float(prev), before, after, before - after, lo, hi, rule)
     return Transition(rule=rule)
 
-# %% ../nbs/37_kv_analyze.ipynb #d2ffb268
+# %% ../nbs/37_kv_analyze.ipynb #61dd3b0e
 BASELINE_PRESSES = ("none", "full", "no_press")
 
 def with_baseline(res: pd.DataFrame) -> pd.DataFrame:
@@ -258,7 +259,7 @@ def transitions(res: pd.DataFrame, metric: str = "f1", threshold: float = 0.1, r
                          diff_lo=ci.diff_lo, diff_hi=ci.diff_hi, rule=rule, threshold=threshold))
     return pd.DataFrame(rows)
 
-# %% ../nbs/37_kv_analyze.ipynb #4d42efe3
+# %% ../nbs/37_kv_analyze.ipynb #56291971
 def focus_plan(res: pd.DataFrame, metric: str = "f1", target_width: float = 0.2, cap: int = 100, threshold: float = 0.1,
                rule: str = "diff", level: float = 0.95, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     "Cells (task, press, budget_kind, bin, budget, run_id) next to each transition, with their CI width and `n_more`."
@@ -287,7 +288,7 @@ def focus_plan(res: pd.DataFrame, metric: str = "f1", target_width: float = 0.2,
         rows += cells
     return pd.DataFrame(rows, columns=["task", "press", "budget_kind", "bin", "budget", "run_id", "n", "ci_width", "n_target", "n_more"])
 
-# %% ../nbs/37_kv_analyze.ipynb #0aec86ba
+# %% ../nbs/37_kv_analyze.ipynb #7876f037
 def kv_memory(res: pd.DataFrame) -> pd.DataFrame:
     "Measured KV-cache size per (task, press, budget_kind, budget)."
     g = with_baseline(res).groupby(["task", "press", "budget_kind", "budget"])
@@ -310,7 +311,7 @@ def efficiency(res: pd.DataFrame, out_weight: float = 4.0) -> pd.DataFrame:
     return out.drop(columns=["latency_total", "completion_total"]).sort_values(
         ["task", "press", "budget_kind", "budget"], ascending=[True, True, True, False]).reset_index(drop=True)
 
-# %% ../nbs/37_kv_analyze.ipynb #d65cb9fd
+# %% ../nbs/37_kv_analyze.ipynb #36d5c736
 def _bin_label(sm: pd.DataFrame) -> dict:
     t = sm.groupby("bin").agg(lo=("n_tokens_min", "min"), hi=("n_tokens_max", "max"))
     return {b: f"{b}\n{int(r.lo)}-{int(r.hi)}" if pd.notna(r.lo) else str(b) for b, r in t.iterrows()}
@@ -386,7 +387,7 @@ def plot_latency_memory(res: pd.DataFrame, metric: str = "f1", title: str = ""):
     if title: fig.suptitle(title)
     fig.tight_layout(); return fig
 
-# %% ../nbs/37_kv_analyze.ipynb #1517f1f0
+# %% ../nbs/37_kv_analyze.ipynb #722fa093
 TASK_METRICS = {"kv_retrieval": "contains", "synthetic_kv": "contains", "needle": "contains", "nq": "contains"}
 
 def task_metric(task: str, default: str = "f1") -> str:

@@ -7,7 +7,7 @@ __all__ = ['FAILURE_RULES', 'SHAPES', 'KNOWN_FINISH', 'SCORE_COLUMNS', 'RESPONSE
            'exact_match', 'token_f1', 'contains_match', 'FailureRule', 'register_failure', 'answer_shape',
            'score_response', 'score_frame', 'score_store']
 
-# %% ../nbs/36_kv_score.ipynb #e97aeb06
+# %% ../nbs/36_kv_score.ipynb #4e078772
 import collections, json, re, string, time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -17,7 +17,7 @@ import pandas as pd
 
 from .core import logger
 
-# %% ../nbs/36_kv_score.ipynb #2830ca19
+# %% ../nbs/36_kv_score.ipynb #259012ee
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
@@ -27,7 +27,7 @@ def normalize_answer(s: str|None) -> str:
     s = "".join(ch for ch in str(s).lower() if ch not in _PUNCT)
     return " ".join(_ARTICLES.sub(" ", s).split())
 
-# %% ../nbs/36_kv_score.ipynb #fc08b8d9
+# %% ../nbs/36_kv_score.ipynb #a1c8fe63
 def _golds(golds) -> list[str]:
     if golds is None: return []
     if isinstance(golds, str):
@@ -58,7 +58,7 @@ def contains_match(pred: str|None, golds) -> float:
     p = f" {normalize_answer(pred)} "
     return float(any((n := normalize_answer(g)) and f" {n} " in p for g in _golds(golds)))
 
-# %% ../nbs/36_kv_score.ipynb #676a9248
+# %% ../nbs/36_kv_score.ipynb #cee9a97b
 @dataclass(frozen=True)
 class FailureRule:
     "A named failure class: `test(row) -> bool` on one scored response row (a dict)."
@@ -81,7 +81,7 @@ def register_failure(name: str, doc: str, test: Callable[[dict], bool], needs_no
     FAILURE_RULES.clear(); FAILURE_RULES.update(items)
     return rule
 
-# %% ../nbs/36_kv_score.ipynb #733fd6e1
+# %% ../nbs/36_kv_score.ipynb #34d47966
 def _err(row) -> str:
     return " ".join(str(row.get(k) or "") for k in ("error_type", "error")).strip()
 
@@ -103,7 +103,11 @@ def answer_shape(golds) -> str|None:
         if gs and all(rx.fullmatch(g) for g in gs): return name
     return None
 
+_ARTIFACT_RE = re.compile(r"(<\|[^|>]*\|>|</?s>|\b(assistant|user|system)\b|[\W_])*", re.I)
+
 def _degenerate(text: str) -> bool:
+    "Only chat-template artifacts (role names, special tokens), mostly non-alphanumeric, or a phrase repeated 4+ times."
+    if text.strip() and _ARTIFACT_RE.fullmatch(text): return True
     words = text.split()
     if text.strip() and sum(c.isalnum() for c in text) < 0.3 * len(text.strip()): return True
     for n in (1, 2, 3, 4):                          # a phrase of n words repeated 4+ times in a row
@@ -120,7 +124,7 @@ def _format_error(row) -> bool:
     text = row.get("text") or ""
     return (answer_shape(row.get("answers")) is not None and not _has_shape(row)) or _degenerate(text)
 
-# %% ../nbs/36_kv_score.ipynb #cd3c14f9
+# %% ../nbs/36_kv_score.ipynb #3bfe2fef
 def _register_defaults():
     FAILURE_RULES.clear()
     register_failure("TIMEOUT", "an error was recorded and its type or message says timeout",
@@ -140,7 +144,7 @@ def _register_defaults():
 _register_defaults()
 list(FAILURE_RULES)
 
-# %% ../nbs/36_kv_score.ipynb #adac0073
+# %% ../nbs/36_kv_score.ipynb #5ae86717
 def _clean(v):
     "NaN / NA from pandas become None."
     if v is None: return None
@@ -166,7 +170,7 @@ def score_response(text: str|None, answers, finish_reason: str|None = None, erro
     outcome = "failure" if failure else "correct" if credit else "wrong"
     return {**m, "outcome": outcome, "failure_class": failure}
 
-# %% ../nbs/36_kv_score.ipynb #10f1c300
+# %% ../nbs/36_kv_score.ipynb #9c08f2a1
 SCORE_COLUMNS = ("em", "f1", "contains", "outcome", "failure_class")
 RESPONSE_COLUMNS = ("text", "answers", "finish_reason", "error_type", "error")
 
@@ -180,15 +184,17 @@ def score_frame(df: pd.DataFrame, keys: Iterable[str] = ("run_id", "example_id")
             for r in df.to_dict("records")]
     return pd.DataFrame(rows, columns=[*keys, *SCORE_COLUMNS])
 
-# %% ../nbs/36_kv_score.ipynb #9688b7a1
-SCORER_VERSION = 1
+# %% ../nbs/36_kv_score.ipynb #8da5a74a
+SCORER_VERSION = 2          # bump when a metric or a failure rule changes: older scores are redone
 
 def score_store(store, run_id: str|None = None, rescore: bool = False, progress: bool = True) -> int:
     "Score the unscored responses of `store` (a `KVStore`); returns how many rows were written."
     from tqdm.auto import tqdm
-    if rescore:
-        with store.tx() as c:
-            c.execute("DELETE FROM scores" + (" WHERE run_id=?" if run_id else ""), (run_id,) if run_id else ())
+    where, args = (" WHERE run_id=?", (run_id,)) if run_id else ("", ())
+    with store.tx() as c:
+        if rescore: c.execute("DELETE FROM scores" + where, args)
+        else: c.execute("DELETE FROM scores" + (where + " AND" if where else " WHERE") +
+                        " COALESCE(json_extract(detail, '$.scorer_version'), 0) != ?", (*args, SCORER_VERSION))
     todo = store.unscored(run_id)
     rows = []
     for r in tqdm(todo, desc="score", disable=not progress or not todo):

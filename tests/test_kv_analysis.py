@@ -57,6 +57,7 @@ def test_failure_taxonomy(text, finish, etype, err, want):
 def test_taxonomy_order_and_free_text():
     assert list(FAILURE_RULES)[:2] == ["TIMEOUT", "ENGINE_ERROR"]
     assert score_response("Lyon", ["Paris"], "content_filter")["failure_class"] == "UNKNOWN_FAILURE"
+    assert score_response("\nassistant", ["Paris"], "stop")["failure_class"] == "FORMAT_ERROR"   # seen from SmolLM2
     assert score_response("Lyon", ["Paris"], "stop")["outcome"] == "wrong"       # free-text gold: no shape rule
     assert score_response("The answer is 7310.", ["4821"], "stop")["outcome"] == "wrong"
 
