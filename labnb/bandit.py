@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['GRIDS', 'standardize', 'BanditConfig', 'LinUCB', 'synthetic_problem', 'run_synthetic', 'EventLog', 'features_hash',
-           'run_bandit', 'brute_force', 'trajectory', 'summarize', 'reward_heatmap', 'metric_scatter', 'picks_plot',
-           'Grid', 'model_grid']
+           'run_bandit', 'brute_force', 'trajectory', 'summarize', 'random_search_hit', 'replay', 'reward_heatmap',
+           'metric_scatter', 'picks_plot', 'Grid', 'model_grid']
 
-# %% ../nbs/15_bandit.ipynb #4efc6f0c
+# %% ../nbs/15_bandit.ipynb #2d72b383
 import hashlib, json, math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ import pandas as pd
 from .core import Config, ConfigError, logger, now_iso
 from .store import atomic_write
 
-# %% ../nbs/15_bandit.ipynb #77407dd2
+# %% ../nbs/15_bandit.ipynb #55056fa5
 def standardize(df: pd.DataFrame, columns: Sequence[str]) -> tuple[np.ndarray, dict]:
     "`[n_arms, len(columns) + 1]` features (z-scored columns + intercept) and the standardization `{col: {mean, sd}}`."
     missing = [c for c in columns if c not in df.columns]
@@ -34,7 +34,7 @@ def standardize(df: pd.DataFrame, columns: Sequence[str]) -> tuple[np.ndarray, d
     X.append(np.ones(len(df)))
     return np.stack(X, 1), stats
 
-# %% ../nbs/15_bandit.ipynb #56e0bbf8
+# %% ../nbs/15_bandit.ipynb #8bc64b63
 @dataclass(frozen=True)
 class BanditConfig(Config):
     "LinUCB settings."
@@ -72,7 +72,7 @@ class LinUCB:
         a = int(np.argmax(ucb))
         return a, float(pred[a]), float(pred[a] + bonus[a])
 
-# %% ../nbs/15_bandit.ipynb #0d8772e8
+# %% ../nbs/15_bandit.ipynb #077232bf
 def synthetic_problem(n_arms: int = 100, d: int = 4, noise: float = 0.5, seed: int = 0):
     "(features [n_arms, d+1] with intercept, true mean rewards [n_arms], sampler(arm, rng) -> noisy reward)."
     rng = np.random.default_rng(seed)
@@ -88,7 +88,7 @@ def run_synthetic(X, mu, sample, cfg: BanditConfig, seed: int = 0) -> np.ndarray
         a, _, _ = bandit.choose(); bandit.update(a, sample(a, rng)); regret.append(mu.max() - mu[a])
     return np.cumsum(regret), bandit
 
-# %% ../nbs/15_bandit.ipynb #ac48385b
+# %% ../nbs/15_bandit.ipynb #b6fc6a85
 class EventLog:
     "Append-only JSONL event log; every append rewrites the file atomically, so a kill leaves the old or the new log."
     def __init__(self, path): self.path = Path(path)
@@ -108,7 +108,7 @@ def features_hash(arm_ids: Sequence[str], X: np.ndarray) -> str:
     h = hashlib.sha256(json.dumps(list(arm_ids)).encode()); h.update(np.round(np.asarray(X, dtype=float), 10).tobytes())
     return h.hexdigest()[:16]
 
-# %% ../nbs/15_bandit.ipynb #3dcc0ab4
+# %% ../nbs/15_bandit.ipynb #a10573cc
 def run_bandit(arm_ids: Sequence[str], X: np.ndarray, reward_fn: Callable[[str], float], cfg: BanditConfig, log_path,
                standardization: dict|None = None, progress: bool = False) -> pd.DataFrame:
     "Run (or resume) LinUCB for `cfg.budget` pulls; `reward_fn(arm_id)`; returns the pull events as a frame."
@@ -137,7 +137,7 @@ def run_bandit(arm_ids: Sequence[str], X: np.ndarray, reward_fn: Callable[[str],
         log.append(ev); bandit.update(a, r); pulls.append(ev)
     return pd.DataFrame(pulls)
 
-# %% ../nbs/15_bandit.ipynb #219c5240
+# %% ../nbs/15_bandit.ipynb #c298d421
 def brute_force(arm_ids: Sequence[str], reward_fn: Callable[[str], float], progress: bool = False) -> pd.DataFrame:
     "Every arm's reward, best first."
     from tqdm.auto import tqdm
@@ -163,7 +163,28 @@ def summarize(pulls: pd.DataFrame, brute: pd.DataFrame, sd: float = 1.0) -> dict
             "sd": float(sd), "within_sd": bool(best.reward - b.reward <= sd), "evaluations_to_within_sd": first_within,
             "evaluation_fraction": len(pulls) / len(brute), "bandit_best_rank": int((brute.reward > b.reward).sum()) + 1}
 
-# %% ../nbs/15_bandit.ipynb #03b8a9bf
+# %% ../nbs/15_bandit.ipynb #dae6f8bd
+def random_search_hit(rewards: Sequence[float], budget: int, sd: float) -> float:
+    "Probability that `budget` arms drawn at random (no replacement) include one within `sd` of the best."
+    r = np.asarray(rewards, dtype=float); n, g = len(r), int((r >= r.max() - sd).sum())
+    return 1.0 - math.comb(n - g, budget) / math.comb(n, budget) if budget <= n else 1.0
+
+def replay(arm_ids: Sequence[str], X: np.ndarray, brute: pd.DataFrame, alphas: Sequence[float], budget: int, sd: float,
+           seeds: Sequence[int] = (0,)) -> pd.DataFrame:
+    "LinUCB replayed on brute-force rewards for each alpha and tie-break seed: gap, within-sd and evaluations needed."
+    import tempfile
+    rew = dict(zip(brute.arm, brute.reward))
+    rows = []
+    with tempfile.TemporaryDirectory() as t:
+        for a in alphas:
+            for s in seeds:
+                cfg = BanditConfig(alpha=float(a), budget=budget, seed=int(s))
+                pulls = run_bandit(arm_ids, X, lambda arm: rew[arm], cfg, Path(t) / f"a{a}-s{s}.jsonl")
+                sm = summarize(pulls, brute, sd)
+                rows.append({"alpha": a, "seed": s, **{k: sm[k] for k in ("bandit_best_arm", "gap", "within_sd", "evaluations_to_within_sd", "bandit_best_rank")}})
+    return pd.DataFrame(rows)
+
+# %% ../nbs/15_bandit.ipynb #93da9a61
 def reward_heatmap(brute: pd.DataFrame, arms: pd.DataFrame, ax=None, picks: pd.DataFrame|None = None, title: str = ""):
     "Reward over (checkpoint, layer); `arms` maps `arm` to `checkpoint`, `layer`; `picks` numbers the bandit's pulls."
     import matplotlib.pyplot as plt, seaborn as sns
@@ -208,7 +229,7 @@ def picks_plot(tr: pd.DataFrame, brute: pd.DataFrame, ax=None):
     ax.set_xlabel("evaluation"); ax.set_ylabel("reward"); ax.legend(fontsize=8)
     return ax
 
-# %% ../nbs/15_bandit.ipynb #64b0c459
+# %% ../nbs/15_bandit.ipynb #ec964b8d
 @dataclass(frozen=True)
 class Grid:
     model_id: str
