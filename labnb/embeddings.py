@@ -7,7 +7,7 @@ __all__ = ['POOLINGS', 'ENCODERS', 'pool', 'length_order', 'n_hidden_states', 'r
            'tokenizer_id', 'embedding_manifest', 'embedding_entry', 'load_embeddings', 'precompute_embeddings',
            'EncoderSpec', 'encoder_spec', 'load_encoder', 'embed_texts', 'tiny_encoder']
 
-# %% ../nbs/10_embeddings.ipynb #3f25ec55
+# %% ../nbs/10_embeddings.ipynb #f2ff8b44
 import hashlib, json, re, shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ import torch
 from .core import logger, paths
 from .store import ArrayCache, CacheMismatch, ChunkedArray
 
-# %% ../nbs/10_embeddings.ipynb #970335af
+# %% ../nbs/10_embeddings.ipynb #afa0aed7
 def _mean_pool(h, mask):  # h: [batch, seq, d], mask: [batch, seq]
     m = mask.to(h.dtype).unsqueeze(-1)
     return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
@@ -39,7 +39,7 @@ def pool(h, mask, pooling: str = "mean"):  # h: [batch, seq, d], mask: [batch, s
     if pooling not in POOLINGS: raise ValueError(f"pooling: unknown {pooling!r} (known: {', '.join(POOLINGS)})")
     return POOLINGS[pooling](h, mask)
 
-# %% ../nbs/10_embeddings.ipynb #f1a4b51a
+# %% ../nbs/10_embeddings.ipynb #64796ebf
 def _tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
     enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False,
                     return_attention_mask=False, return_token_type_ids=False)
@@ -59,7 +59,7 @@ def length_order(lengths) -> np.ndarray:
     "Indices sorting items longest first (stable, so reruns batch identically)."
     return np.argsort(-np.asarray(lengths), kind="stable")
 
-# %% ../nbs/10_embeddings.ipynb #56cdb3a3
+# %% ../nbs/10_embeddings.ipynb #128e8d2e
 def _backbone(model):
     "The model without its task head (a causal LM's base transformer), when it has one."
     base = getattr(model, "base_model", None)
@@ -123,7 +123,7 @@ def encode_batch(model, input_ids, attention_mask, layers: Sequence[int], poolin
         res[l] = v.cpu().numpy()
     return res
 
-# %% ../nbs/10_embeddings.ipynb #ce8b8d8a
+# %% ../nbs/10_embeddings.ipynb #a08f678e
 def texts_sha256(texts: Sequence[str]) -> str:
     "Hash of a list of texts (order matters)."
     h = hashlib.sha256()
@@ -159,7 +159,7 @@ def load_embeddings(name: str, cache: ArrayCache|None = None, mmap: bool = True,
     cache = cache or ArrayCache()
     return cache.load(name, expected or None, mmap=mmap)["emb"]
 
-# %% ../nbs/10_embeddings.ipynb #69a76aa4
+# %% ../nbs/10_embeddings.ipynb #8d8b9e85
 def _pad_side(tokenizer) -> str: return getattr(tokenizer, "padding_side", "right") or "right"
 
 def _pad_id(tokenizer) -> int:
@@ -176,7 +176,7 @@ def _encode_rows(model, tokenizer, ids, order, layers, pooling, normalize, batch
         for l, v in encode_batch(model, inp, mask, layers, pooling, normalize).items(): parts[l].append(v)
     return {l: np.concatenate(p) for l, p in parts.items()}
 
-# %% ../nbs/10_embeddings.ipynb #361266db
+# %% ../nbs/10_embeddings.ipynb #216fb80b
 def precompute_embeddings(model, tokenizer, texts: Sequence[str], *, layers: Sequence[int] = (-1,),
                           pooling: Literal["mean", "cls", "last"] = "mean", normalize: bool = False,
                           batch_size: int = 32, max_length: int = 256, model_id: str, revision: str = "main",
@@ -223,7 +223,7 @@ def precompute_embeddings(model, tokenizer, texts: Sequence[str], *, layers: Seq
         if cache is not None: shutil.rmtree(cache.entry(job), ignore_errors=True)
     return {req: got[l] for req, l in zip(layers, resolved)}
 
-# %% ../nbs/10_embeddings.ipynb #316261d2
+# %% ../nbs/10_embeddings.ipynb #8964bdd9
 @dataclass(frozen=True)
 class EncoderSpec:
     "A named encoder: the id and revision recorded in manifests, its default pooling, and a local loader."
@@ -239,18 +239,20 @@ ENCODERS: dict[str, EncoderSpec] = {
                                 "smollm2-135m"),
 }
 
-def encoder_spec(name: str) -> EncoderSpec:
-    if name not in ENCODERS: raise KeyError(f"encoder: unknown {name!r} (known: {', '.join(ENCODERS)})")
-    return ENCODERS[name]
+def encoder_spec(name: str, revision: str = "main") -> EncoderSpec:
+    "A registered encoder, or any model folder / hub id (`org/name`) that `labnb.models.load_model` can load."
+    if name in ENCODERS: return ENCODERS[name]
+    if "/" in name or Path(name).exists(): return EncoderSpec(name, name, revision, "mean", name)
+    raise KeyError(f"encoder: unknown {name!r} (known: {', '.join(ENCODERS)}, or a model folder / hub id)")
 
 def load_encoder(name: str):
     "(model, tokenizer, spec) of a registered encoder, in eval mode."
     from labnb.models import load_model
     spec = encoder_spec(name)
-    model, tok = load_model(spec.models_name, device="cpu")
+    model, tok = load_model(spec.models_name, revision=None if name in ENCODERS else spec.revision, device="cpu")
     return model.eval(), tok, spec
 
-# %% ../nbs/10_embeddings.ipynb #8fe6191e
+# %% ../nbs/10_embeddings.ipynb #d90bbb20
 def _cached_layers(spec, texts_sha, layers, pooling, normalize, max_length, dataset, text_field, cache):
     "{requested layer: array} if every layer is cached for this encoder (negative layers need the model: None)."
     out = {}
@@ -280,7 +282,7 @@ def embed_texts(encoder: str, texts: Sequence[str], *, layers: Sequence[int] = (
                                  revision=spec.revision, dataset=dataset, text_field=text_field, cache=cache,
                                  chunk_size=chunk_size, progress=progress)
 
-# %% ../nbs/10_embeddings.ipynb #78129987
+# %% ../nbs/10_embeddings.ipynb #6168a179
 def tiny_encoder(seed: int = 0, n_layers: int = 2, d: int = 32):
     "A random tiny BERT and a character-level tokenizer (tests and examples)."
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
