@@ -6,7 +6,7 @@
 __all__ = ['STAGES', 'LAYER_FILES', 'SUMMARY_FILE', 'STAGE_FNS', 'FVConfig', 'q_dir', 'stage_done', 'layer_dir', 'layer_done',
            'qid_complete', 'stage_log', 'QidRun', 'stage_trials', 'stage_stepD', 'load_cie', 'stage_heatmap',
            'stage_stepE', 'stage_zeroshot', 'eval_vectors', 'eval_layer', 'stage_step6', 'read_icl', 'best_layers',
-           'run_qid', 'write_status_json', 'run_fv_qwise', 'run_summary', 'plot_layers', 'plot_qid']
+           'run_qid', 'write_status_json', 'tokenizer_id', 'run_fv_qwise', 'run_summary', 'plot_layers', 'plot_qid']
 
 # %% ../nbs/21_fv_qwise.ipynb #3652ef96
 import contextlib, json, logging, re, time
@@ -284,17 +284,23 @@ def write_status_json(status: StatusTable, out_dir: Path, extra: dict):
                       {r.unit: {"status": r.status, "reason": r.error, "attempts": r.attempts, "seconds": r.seconds,
                                 **extra.get(r.unit, {})} for r in status.rows()})
 
+def tokenizer_id(tok) -> dict:
+    "Class, size and content hash of a tokenizer (a rebuilt tokenizer must not resume another's run)."
+    import hashlib
+    raw = tok.backend_tokenizer.to_str() if hasattr(tok, "backend_tokenizer") else repr(tok)
+    return {"class": type(tok).__name__, "size": len(tok), "sha256": hashlib.sha256(raw.encode()).hexdigest()[:16]}
+
 def run_fv_qwise(model, tok, relations, out_dir, cfg: FVConfig|None = None, q_ids=None, progress: bool = True) -> dict:
     "Run the pipeline for every q_id of a relation file (path or DataFrame); returns `{q_id: status row}`."
     cfg = cfg or FVConfig()
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     df = relations if isinstance(relations, pd.DataFrame) else read_relation_csv(relations)
     meta = {"config": cfg.to_dict(), "model": model_meta(model), "spec": {k: getattr(model_spec(model), k) for k in
-            ("arch", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_model")}}
+            ("arch", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_model")}, "tokenizer": tokenizer_id(tok)}
     mf = out_dir / "fv_meta.json"
     if mf.exists():
         old = read_json(mf)
-        for k in ("config", "model", "spec"):
+        for k in (k for k in meta if k in old):
             if old[k] != json.loads(json.dumps(meta[k])):
                 raise ConfigError(k, f"{out_dir} was run with another {k}: {old[k]} (now {meta[k]}); use a new folder")
     else: atomic_write_json(mf, {**meta, **provenance({"seed": cfg.seed})})
