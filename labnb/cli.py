@@ -6,7 +6,7 @@
 __all__ = ['WORKFLOWS', 'SKIP_EXEC', 'COMMANDS', 'UsageError', 'promote', 'cmd_run', 'cmd_sweep', 'cmd_status', 'cmd_docs',
            'cmd_promote', 'demo', 'format_table', 'cmd_demo', 'build_parser', 'main']
 
-# %% ../nbs/92_cli.ipynb #8150f32a
+# %% ../nbs/92_cli.ipynb #dc56032f
 import argparse, importlib, json, logging, re, sys, time
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from .core import ConfigError, logger, paths
 from .store import atomic_write
 from .runner import RunFailed, rel_home, run_template, strip_home, templates
 
-# %% ../nbs/92_cli.ipynb #0f2c4af2
+# %% ../nbs/92_cli.ipynb #fa86bfc7
 WORKFLOWS = {"kv": "labnb.kv_cli:main", "llgbm": "labnb.llgbm_cli:main"}
 
 class UsageError(ValueError): "Bad command-line input."
@@ -29,7 +29,7 @@ def _dispatch_workflow(name: str, argv: list[str]) -> int:
         raise UsageError(f"workflow {name!r} is not available (module {mod} not found)") from None
     return int(getattr(module, fn)(argv) or 0)
 
-# %% ../nbs/92_cli.ipynb #0733bb67
+# %% ../nbs/92_cli.ipynb #92cb9392
 SKIP_EXEC = "---\nskip_exec: true\n---"
 
 def _run_notebook(run_dir: Path) -> Path:
@@ -56,7 +56,7 @@ def promote(run_dir, name: str) -> Path:
     atomic_write(dest, nbformat.writes(nbformat.from_dict(nb)))
     return dest
 
-# %% ../nbs/92_cli.ipynb #6b4a65c4
+# %% ../nbs/92_cli.ipynb #745e76b3
 def _parse_params(pairs) -> dict:
     out = {}
     for k, v in pairs or []:
@@ -65,6 +65,7 @@ def _parse_params(pairs) -> dict:
     return out
 
 def cmd_run(a) -> int:
+    "`labnb run TEMPLATE -p key value ... [--force]`"
     r = run_template(a.template, _parse_params(a.param), force=a.force, from_cli=True, progress=not a.quiet)
     from labnb.sweep import write_index
     write_index(r.experiment)
@@ -73,16 +74,19 @@ def cmd_run(a) -> int:
     return 0
 
 def cmd_sweep(a) -> int:
+    "`labnb sweep SWEEP.yaml [--retry-failed] [--max-parallel N] [--executor local|dask]`"
     from labnb.sweep import run_sweep
     s = run_sweep(a.sweep, retry_failed=a.retry_failed, max_parallel=a.max_parallel, executor=a.executor)
     print(s.summary())
     return 0 if s.ok else 1
 
 def cmd_status(a) -> int:
+    "`labnb status [SWEEP]`"
     from labnb.sweep import status_report
     print(status_report(a.sweep)); return 0
 
 def cmd_docs(a) -> int:
+    "`labnb docs [--out DIR] [--no-exec] [--readme]`"
     from labnb.docs import build_docs, write_readme
     if a.readme:
         print(f"wrote {rel_home(write_readme(execute=not a.no_exec))}"); return 0
@@ -90,9 +94,10 @@ def cmd_docs(a) -> int:
     print(f"docs written to {out}/index.html"); return 0
 
 def cmd_promote(a) -> int:
+    "`labnb promote RUN_DIR NAME`"
     print(f"promoted to {rel_home(promote(a.run_dir, a.name))}"); return 0
 
-# %% ../nbs/92_cli.ipynb #8400e326
+# %% ../nbs/92_cli.ipynb #8987a772
 def demo(force: bool = False, only: list[str]|None = None) -> list[dict]:
     "Run every template with its defaults through the runner; one row per template."
     rows = []
@@ -118,14 +123,16 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([line({c: c for c in cols}), line({c: "-" * w[c] for c in cols}), *map(line, rows)])
 
 def cmd_demo(a) -> int:
+    "`labnb demo [--force] [--only TEMPLATE ...]`"
     rows = demo(force=a.force, only=a.only)
     print(format_table(rows))
     return 1 if any(r["status"] == "failed" for r in rows) else 0
 
-# %% ../nbs/92_cli.ipynb #9e244fda
+# %% ../nbs/92_cli.ipynb #8913684c
 COMMANDS = {"run": cmd_run, "sweep": cmd_sweep, "status": cmd_status, "docs": cmd_docs, "promote": cmd_promote, "demo": cmd_demo}
 
 def build_parser() -> argparse.ArgumentParser:
+    "The argument parser of the built-in subcommands."
     p = argparse.ArgumentParser(prog="labnb", description="Run labnb experiment templates, sweeps and docs.",
                                 epilog="workflows: " + ", ".join(f"labnb {w} ..." for w in WORKFLOWS))
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

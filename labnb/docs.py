@@ -6,7 +6,7 @@
 __all__ = ['SECTIONS', 'CSS', 'PAGE', 'SECTION_TITLES', 'Page', 'page_href', 'find_pages', 'executed', 'process_notebook',
            'render_cells', 'rewrite_links', 'check_site', 'build_static', 'build_docs', 'write_readme']
 
-# %% ../nbs/94_docs.ipynb #c2bebcea
+# %% ../nbs/94_docs.ipynb #a615f5b9
 import base64, hashlib, html, json, os, re, shutil, subprocess, sys, tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +17,12 @@ import nbformat
 from .core import logger, paths
 from .store import atomic_write
 
-# %% ../nbs/94_docs.ipynb #a8ffb55a
+# %% ../nbs/94_docs.ipynb #8ed5011d
 SECTIONS = {"library": "*.ipynb", "experiments": "experiments/*.ipynb", "runs": "runs/*.ipynb"}
 
 @dataclass
 class Page:
+    "One page of the site and the notebook it comes from."
     src: Path            # the notebook
     href: str            # the page, relative to the site root
     section: str
@@ -42,7 +43,7 @@ def find_pages(nbs: Path|None = None) -> list[Page]:
         out += [Page(p, page_href(p, nbs), sec) for p in sorted(nbs.glob(pat)) if p.name != "index.ipynb" and not p.name.startswith("_")]
     return out
 
-# %% ../nbs/94_docs.ipynb #71f09e8a
+# %% ../nbs/94_docs.ipynb #e139ba2b
 def _has_outputs(nb: dict) -> bool: return any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")
 
 def _skip_exec(nb: dict) -> bool:
@@ -81,7 +82,7 @@ def executed(path: Path, cache: Path|None = None, timeout: float = 1800) -> Path
         os.replace(tmp, dst)
     return dst
 
-# %% ../nbs/94_docs.ipynb #cd525a36
+# %% ../nbs/94_docs.ipynb #66179115
 _DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+)\s*:?\s*(.*)$")
 
 def _directives(src: str) -> tuple[dict, str]:
@@ -134,6 +135,9 @@ def process_notebook(path: Path, execute: bool = True) -> tuple[dict, dict]:
         tags = set(c.setdefault("metadata", {}).get("tags", []))
         if d.get("echo") == "false" or not body.strip(): tags.add("remove_input")
         if d.get("output") == "false": c["outputs"] = []
+        for o in c.get("outputs", []):             # a live widget cannot run in a static page: say so instead of its repr
+            if "application/vnd.jupyter.widget-view+json" in o.get("data", {}):
+                o["data"] = {"text/html": "<p class='widget-note'>An interactive widget: run the notebook in JupyterLab to use it.</p>"}
         c["metadata"]["tags"] = sorted(tags)
         cells.append(c)
     def key(c):
@@ -151,7 +155,7 @@ def process_notebook(path: Path, execute: bool = True) -> tuple[dict, dict]:
     d["metadata"].setdefault("language_info", {"name": lang})             # code fences and highlighting need it
     return d, fm
 
-# %% ../nbs/94_docs.ipynb #d1cc3489
+# %% ../nbs/94_docs.ipynb #6a017877
 def render_cells(nb: dict, nb_dir: Path) -> str:
     "HTML of the cells (nbconvert's basic template, images embedded, inputs tagged `remove_input` hidden)."
     from nbconvert import HTMLExporter
@@ -167,7 +171,7 @@ def render_cells(nb: dict, nb_dir: Path) -> str:
     body, _ = ex.from_notebook_node(node, resources={"metadata": {"path": str(nb_dir)}})
     return body
 
-# %% ../nbs/94_docs.ipynb #d37628e4
+# %% ../nbs/94_docs.ipynb #a8f6321f
 _HREF = re.compile(r'(<(?:a|img)\b[^>]*?\s(?:href|src)=")([^"]*)(")')           # attributes of real links and images only
 _ATTRS = re.compile(r'(<a [^>]*)>([^<]*)</a>\{([^}]*)\}')                          # pandoc `[text](url){attrs}` left by show_doc
 
@@ -211,7 +215,7 @@ def check_site(out) -> dict:
             if not (out / p).parent.joinpath(unquote(u.path)).resolve().exists(): broken.append((p, url))
     return {"pages": pages, "broken": broken, "images": images}
 
-# %% ../nbs/94_docs.ipynb #db33101d
+# %% ../nbs/94_docs.ipynb #f2766166
 CSS = """
 :root { --fg:#1f2328; --muted:#59636e; --line:#d1d9e0; --bg2:#f6f8fa; --accent:#0969da; }
 * { box-sizing: border-box; }
@@ -249,6 +253,7 @@ a.anchor-link { visibility:hidden; margin-left:.3em; font-size:.8em; }
 h1:hover > a.anchor-link, h2:hover > a.anchor-link, h3:hover > a.anchor-link, h4:hover > a.anchor-link { visibility:visible; }
 th { background:var(--bg2); }
 .contents dt { margin-top:.5rem; font-weight:600; } .contents dd { margin:0 0 .3rem 1rem; color:var(--muted); }
+p.widget-note { color:var(--muted); font-style:italic; font-size:.9rem; }
 footer.pager { display:flex; justify-content:space-between; margin-top:3rem; padding-top:1rem; border-top:1px solid var(--line); }
 @media (max-width: 800px) { .layout { display:block; } nav.sidebar { position:static; max-height:none; border-right:0;
   border-bottom:1px solid var(--line); } main { padding:1rem; } }
@@ -290,7 +295,7 @@ def _contents(pages: list[Page]) -> str:
                                                      for p in items) + "</dl>")
     return "".join(out) + "</div>"
 
-# %% ../nbs/94_docs.ipynb #e58f64d2
+# %% ../nbs/94_docs.ipynb #c2558858
 def _settings() -> dict:
     from configparser import ConfigParser
     c = ConfigParser(delimiters=["="]); c.read(paths().home / "settings.ini")
@@ -345,7 +350,7 @@ def build_docs(out="_docs", execute: bool = True) -> Path:
     logger.info("docs: %d pages, %d images, %d broken links in %s", len(report["pages"]), report["images"], len(report["broken"]), site)
     return site
 
-# %% ../nbs/94_docs.ipynb #a1b7ed2e
+# %% ../nbs/94_docs.ipynb #cd84766a
 def write_readme(dest=None, execute: bool = True, images_dir: str = "results/docs/readme") -> Path:
     "Render `nbs/index.ipynb` (with outputs) to `README.md` as Markdown."
     from nbconvert import MarkdownExporter

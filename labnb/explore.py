@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['Explorer', 'explore', 'SweepStatus', 'sweep_status']
 
-# %% ../nbs/93_explore.ipynb #59bda14c
+# %% ../nbs/93_explore.ipynb #db095d5e
 import html, io, os, threading, time
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from .core import paths
 from .store import StatusTable
 from .sweep import _sweep_dir, read_index, sweep_rows
 
-# %% ../nbs/93_explore.ipynb #8f2f6670
+# %% ../nbs/93_explore.ipynb #6550d608
 def _label(col: str) -> str: return col.split(".", 1)[1]
 
 def _png(fig) -> bytes:
@@ -48,7 +48,7 @@ class Explorer(widgets.VBox):
         super().__init__([controls, self.plot, self.table])
         self.update()
 
-# %% ../nbs/93_explore.ipynb #7ae5e4ef
+# %% ../nbs/93_explore.ipynb #bca3c597
 def _selected(self) -> pd.DataFrame:
     "Runs passing every parameter filter."
     keep = np.ones(len(self.df), bool)
@@ -96,7 +96,7 @@ def explore(experiment: str, **kw) -> Explorer:
     "An ipywidgets explorer over `results/{experiment}/index.csv`."
     return Explorer(experiment, **kw)
 
-# %% ../nbs/93_explore.ipynb #2da459aa
+# %% ../nbs/93_explore.ipynb #25569c0a
 class SweepStatus(widgets.VBox):
     "A live view of a sweep's status table."
     def __init__(self, sweep: str):

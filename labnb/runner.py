@@ -7,7 +7,7 @@ __all__ = ['RESERVED', 'KERNEL', 'TemplateError', 'ParamError', 'templates', 'fi
            'params_cell', 'template_params', 'parse_cli_value', 'validate_params', 'params_hash', 'make_run_id',
            'RunFailed', 'RunResult', 'rel_home', 'strip_home', 'run_template', 'scratch_home']
 
-# %% ../nbs/90_runner.ipynb #302cffbc
+# %% ../nbs/90_runner.ipynb #4386edfb
 import ast, contextlib, hashlib, io, json, logging, os, re, shutil, tempfile, time, tokenize, traceback, types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,7 @@ import yaml
 from .core import ConfigError, _coerce, _type_name, logger, now_iso, paths
 from .store import RunFolder, atomic_write, atomic_write_yaml, read_json
 
-# %% ../nbs/90_runner.ipynb #ecb54063
+# %% ../nbs/90_runner.ipynb #3a68b361
 class TemplateError(ConfigError):
     "A template is missing or its parameters cell cannot be read."
     def __init__(self, msg: str, source: str|None = None): super().__init__("template", msg, source)
@@ -39,7 +39,7 @@ def find_template(template: str|Path) -> Path:
     if str(template) in found: return found[str(template)]
     raise TemplateError(f"unknown template {str(template)!r} (available: {', '.join(found) or 'none'} in {paths().experiments})")
 
-# %% ../nbs/90_runner.ipynb #0c741cee
+# %% ../nbs/90_runner.ipynb #9c3d4b08
 @dataclass
 class Param:
     "One typed parameter of a template."
@@ -80,7 +80,7 @@ def parse_params(src: str, source: str = "<parameters>") -> dict[str, Param]:
         out[name] = Param(name, tp, _coerce(default, tp, name, source), notes.get(node.lineno, ""))
     return out
 
-# %% ../nbs/90_runner.ipynb #8b2423f7
+# %% ../nbs/90_runner.ipynb #abf8c8aa
 def params_cell(nb) -> tuple[int, str]:
     "Index and source of the cell tagged `parameters`."
     for i, c in enumerate(nb.cells):
@@ -94,7 +94,7 @@ def template_params(template: str|Path) -> dict[str, Param]:
     if i < 0: raise TemplateError("no cell tagged `parameters`", str(path))
     return parse_params(src, source=str(path))
 
-# %% ../nbs/90_runner.ipynb #029ca0e9
+# %% ../nbs/90_runner.ipynb #1058d051
 RESERVED = ("run_dir",)
 
 def _accepts_str(tp) -> bool:
@@ -121,13 +121,14 @@ def validate_params(template: str|Path, given: dict, from_cli: bool = False, spe
         except ConfigError as e: raise ParamError(k, str(e).split(": ", 1)[1] + f" (template {path.stem})", str(path)) from None
     return out
 
-# %% ../nbs/90_runner.ipynb #8fcc6ea5
+# %% ../nbs/90_runner.ipynb #e76dde64
 def _fmt(v) -> str:
     if isinstance(v, (list, tuple)): return ",".join(_fmt(x) for x in v)
     if isinstance(v, dict): return ",".join(f"{k}:{_fmt(x)}" for k, x in v.items())
     return format(v, "g") if isinstance(v, float) else str(v)
 
 def params_hash(params: dict, n: int = 8) -> str:
+    "Short SHA-256 of the canonical JSON of `params` (key order does not matter)."
     return hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 def make_run_id(params: dict, defaults: dict|None = None, max_len: int = 80) -> str:
@@ -137,7 +138,7 @@ def make_run_id(params: dict, defaults: dict|None = None, max_len: int = 80) -> 
     slug = re.sub(r"[^A-Za-z0-9._=,:+-]+", "_", "-".join(changed))[:max_len].strip("-_") or "defaults"
     return f"{slug}-{params_hash(params)}"
 
-# %% ../nbs/90_runner.ipynb #bae5738d
+# %% ../nbs/90_runner.ipynb #775c5d14
 class RunFailed(RuntimeError):
     "A template run raised; the partial notebook and the log stay in the run folder."
     def __init__(self, msg: str, notebook: Path, log: Path):
@@ -146,6 +147,7 @@ class RunFailed(RuntimeError):
 
 @dataclass
 class RunResult:
+    "What one template run produced (or found already done)."
     experiment: str
     run_id: str
     run_dir: Path
@@ -156,7 +158,7 @@ class RunResult:
     @property
     def notebook(self) -> Path: return self.run_dir / f"{self.experiment}.ipynb"
 
-# %% ../nbs/90_runner.ipynb #9c2b72c7
+# %% ../nbs/90_runner.ipynb #cd4f8ad0
 def rel_home(p) -> str:
     "A path relative to the labnb home when inside it, else unchanged."
     p, h = Path(p).resolve(), paths().home
@@ -181,7 +183,7 @@ def _relativize_notebook(nb_path: Path):
     if pm: nb.metadata["papermill"] = strip_home(json.loads(json.dumps(pm)))
     atomic_write(nb_path, nbformat.writes(nb))
 
-# %% ../nbs/90_runner.ipynb #e755f0a7
+# %% ../nbs/90_runner.ipynb #a2f6d4c8
 class _QuietParamInspection(logging.Filter):
     "Drop papermill's own parameters-cell warnings: its regex misreads comments holding `=`; the runner has checked the cell with `ast`."
     def filter(self, rec): return not rec.getMessage().startswith(("Unable to parse line", "Passed unknown parameter"))
@@ -236,7 +238,7 @@ def run_template(template: str|Path, params: dict|None = None, force: bool = Fal
 
 KERNEL = os.environ.get("LABNB_KERNEL", "labnb")
 
-# %% ../nbs/90_runner.ipynb #8b9aaf74
+# %% ../nbs/90_runner.ipynb #34aa272c
 @contextlib.contextmanager
 def scratch_home(templates_: tuple[str, ...] = ("smoke",), extra: dict[str, str]|None = None):
     "A temporary labnb home holding copies of the named templates (plus `extra` {name: notebook json}); yields its path."

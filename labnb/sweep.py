@@ -7,7 +7,7 @@ __all__ = ['CLUSTERS', 'EXECUTORS', 'ClusterConfig', 'SweepRun', 'Sweep', 'load_
            'read_index', 'execute_unit', 'LocalExecutor', 'local_cluster', 'slurm_cluster', 'DaskExecutor',
            'slurm_job_script', 'SweepResult', 'run_sweep', 'sweep_rows', 'status_report']
 
-# %% ../nbs/91_sweep.ipynb #0aadcd29
+# %% ../nbs/91_sweep.ipynb #2a25b428
 import concurrent.futures as cf, itertools, logging, os, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,7 @@ from .core import Config, ConfigError, from_dict, logger, paths, read_yaml, reso
 from .store import RunFolder, StatusTable, atomic_write, read_json
 from .runner import ParamError, find_template, rel_home, run_template, validate_params, make_run_id, template_params, RESERVED
 
-# %% ../nbs/91_sweep.ipynb #85cb3f40
+# %% ../nbs/91_sweep.ipynb #9372ffc2
 @dataclass
 class ClusterConfig(Config):
     "Where Dask runs the sweep: a local cluster, SLURM jobs (dask-jobqueue), or an existing scheduler."
@@ -54,6 +54,7 @@ class SweepRun:
 
 @dataclass
 class Sweep:
+    "A validated sweep: its runs, concurrency, executor and cluster settings."
     name: str
     runs: list[SweepRun]
     max_parallel: int = 1
@@ -65,7 +66,7 @@ class Sweep:
     @property
     def status(self) -> StatusTable: return StatusTable(self.dir / "status.sqlite")
 
-# %% ../nbs/91_sweep.ipynb #00edc4f4
+# %% ../nbs/91_sweep.ipynb #4b3c89e4
 _TOP = {"name", "max_parallel", "executor", "cluster", "runs"}
 _BLOCK = {"template", "params", "grid", "list"}
 
@@ -114,7 +115,7 @@ def load_sweep(path) -> Sweep:
     cluster = from_dict(ClusterConfig, d.get("cluster") or {}, source=source, prefix="cluster.")
     return Sweep(str(d.get("name") or path.stem), runs, mp, ex, cluster, source)
 
-# %% ../nbs/91_sweep.ipynb #0abe5de1
+# %% ../nbs/91_sweep.ipynb #17e0b49a
 def _flat(d: dict, prefix: str) -> dict:
     out = {}
     for k, v in d.items():
@@ -124,6 +125,7 @@ def _flat(d: dict, prefix: str) -> dict:
     return out
 
 def index_row(experiment: str, run_id: str, params: dict, metrics: dict) -> dict:
+    "One row of an experiment's index: run id, notebook, `param.*` and `metric.*` columns."
     return {"run_id": run_id, "notebook": f"{run_id}/{experiment}.ipynb", **_flat(params, "param."), **_flat(metrics, "metric.")}
 
 def _folder_row(experiment: str, run_dir: Path) -> dict|None:
@@ -150,11 +152,12 @@ def write_index(experiment: str, rows: dict[str, dict]|None = None) -> Path:
     return out
 
 def read_index(experiment: str) -> pd.DataFrame:
+    "`results/{experiment}/index.csv` as a DataFrame."
     f = paths().results / experiment / "index.csv"
     if not f.exists(): raise FileNotFoundError(f"no index for experiment {experiment!r}: {f} (run a sweep first)")
     return pd.read_csv(f)
 
-# %% ../nbs/91_sweep.ipynb #ebc8fc87
+# %% ../nbs/91_sweep.ipynb #d1d4f864
 def execute_unit(home: str, template: str, params: dict, force: bool = False) -> dict:
     "Run one sweep unit (in a worker): the runner's result or error as a plain dict."
     if home and os.environ.get("LABNB_HOME") != home: os.environ["LABNB_HOME"] = home
@@ -162,7 +165,7 @@ def execute_unit(home: str, template: str, params: dict, force: bool = False) ->
     except Exception as e: return {"ok": False, "error": f"{type(e).__name__}: {e}"}
     return {"ok": True, "status": r.status, "run_id": r.run_id, "seconds": round(r.seconds, 3), "params": r.params, "metrics": r.metrics}
 
-# %% ../nbs/91_sweep.ipynb #21a049cd
+# %% ../nbs/91_sweep.ipynb #f06c1bfd
 class LocalExecutor:
     "Units in local worker processes."
     def __init__(self, max_parallel: int = 1, cluster: ClusterConfig|None = None):
@@ -173,6 +176,7 @@ class LocalExecutor:
     def __exit__(self, *exc): self.pool.shutdown(wait=True, cancel_futures=True)
 
 def local_cluster(cfg: ClusterConfig, max_parallel: int):
+    "A Dask `LocalCluster` of single-threaded worker processes (one run at a time each)."
     from distributed import LocalCluster
     return LocalCluster(n_workers=cfg.n_workers or max_parallel, threads_per_worker=1, processes=True,
                         dashboard_address=None, silence_logs=logging.ERROR)
@@ -213,16 +217,17 @@ class DaskExecutor:
 
 EXECUTORS = {"local": LocalExecutor, "dask": DaskExecutor}
 
-# %% ../nbs/91_sweep.ipynb #deb8f3cb
+# %% ../nbs/91_sweep.ipynb #38f37f7a
 def slurm_job_script(cluster: dict|ClusterConfig, scheduler: str = "tcp://SCHEDULER:8786") -> str:
     "The sbatch script dask-jobqueue submits for a `cluster:` section (kind slurm); nothing is submitted."
     from dask_jobqueue.slurm import SLURMJob
     cfg = cluster if isinstance(cluster, ClusterConfig) else from_dict(ClusterConfig, {"kind": "slurm", **cluster}, prefix="cluster.")
     return SLURMJob(scheduler=scheduler, name=f"{cfg.job_name}-worker", **_slurm_kwargs(cfg)).job_script()
 
-# %% ../nbs/91_sweep.ipynb #0d30c387
+# %% ../nbs/91_sweep.ipynb #799a0794
 @dataclass
 class SweepResult:
+    "Counts by status and the failed units of a sweep after a (partial) run."
     name: str
     counts: dict
     failed: list[tuple[str, str]]
@@ -275,7 +280,7 @@ def run_sweep(sweep, retry_failed: bool = False, max_parallel: int|None = None, 
     counts = {s: sum(u.status == s for u in rows) for s in ("pending", "running", "completed", "failed", "skipped")}
     return SweepResult(sw.name, counts, [(u.unit, u.error or "") for u in rows if u.status == "failed"], st.path)
 
-# %% ../nbs/91_sweep.ipynb #6bb777ca
+# %% ../nbs/91_sweep.ipynb #46d5ee60
 def _sweep_dir(sweep) -> Path:
     p = Path(sweep)
     name = (yaml.safe_load(p.read_text()) or {}).get("name") or p.stem if p.suffix in (".yaml", ".yml") and p.is_file() else str(sweep)
