@@ -7,7 +7,7 @@ __all__ = ['CLUSTERS', 'EXECUTORS', 'ClusterConfig', 'SweepRun', 'Sweep', 'load_
            'read_index', 'execute_unit', 'LocalExecutor', 'local_cluster', 'slurm_cluster', 'DaskExecutor',
            'slurm_job_script', 'SweepResult', 'run_sweep', 'sweep_rows', 'status_report']
 
-# %% ../nbs/91_sweep.ipynb #2a25b428
+# %% ../nbs/91_sweep.ipynb #8df33d56
 import concurrent.futures as cf, itertools, logging, os, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +20,7 @@ from .core import Config, ConfigError, from_dict, logger, paths, read_yaml, reso
 from .store import RunFolder, StatusTable, atomic_write, read_json
 from .runner import ParamError, find_template, rel_home, run_template, validate_params, make_run_id, template_params, RESERVED
 
-# %% ../nbs/91_sweep.ipynb #9372ffc2
+# %% ../nbs/91_sweep.ipynb #515de11e
 @dataclass
 class ClusterConfig(Config):
     "Where Dask runs the sweep: a local cluster, SLURM jobs (dask-jobqueue), or an existing scheduler."
@@ -66,7 +66,7 @@ class Sweep:
     @property
     def status(self) -> StatusTable: return StatusTable(self.dir / "status.sqlite")
 
-# %% ../nbs/91_sweep.ipynb #4b3c89e4
+# %% ../nbs/91_sweep.ipynb #b016cc43
 _TOP = {"name", "max_parallel", "executor", "cluster", "runs"}
 _BLOCK = {"template", "params", "grid", "list"}
 
@@ -115,7 +115,7 @@ def load_sweep(path) -> Sweep:
     cluster = from_dict(ClusterConfig, d.get("cluster") or {}, source=source, prefix="cluster.")
     return Sweep(str(d.get("name") or path.stem), runs, mp, ex, cluster, source)
 
-# %% ../nbs/91_sweep.ipynb #17e0b49a
+# %% ../nbs/91_sweep.ipynb #f8101240
 def _flat(d: dict, prefix: str) -> dict:
     out = {}
     for k, v in d.items():
@@ -157,7 +157,7 @@ def read_index(experiment: str) -> pd.DataFrame:
     if not f.exists(): raise FileNotFoundError(f"no index for experiment {experiment!r}: {f} (run a sweep first)")
     return pd.read_csv(f)
 
-# %% ../nbs/91_sweep.ipynb #d1d4f864
+# %% ../nbs/91_sweep.ipynb #d75ce9e1
 def execute_unit(home: str, template: str, params: dict, force: bool = False) -> dict:
     "Run one sweep unit (in a worker): the runner's result or error as a plain dict."
     if home and os.environ.get("LABNB_HOME") != home: os.environ["LABNB_HOME"] = home
@@ -165,12 +165,18 @@ def execute_unit(home: str, template: str, params: dict, force: bool = False) ->
     except Exception as e: return {"ok": False, "error": f"{type(e).__name__}: {e}"}
     return {"ok": True, "status": r.status, "run_id": r.run_id, "seconds": round(r.seconds, 3), "params": r.params, "metrics": r.metrics}
 
-# %% ../nbs/91_sweep.ipynb #f06c1bfd
+# %% ../nbs/91_sweep.ipynb #116e83d3
 class LocalExecutor:
-    "Units in local worker processes."
+    "Units in local worker processes; a pool broken by a dead worker (e.g. out of memory) is replaced."
     def __init__(self, max_parallel: int = 1, cluster: ClusterConfig|None = None):
+        self.n = max_parallel
         self.pool = cf.ProcessPoolExecutor(max_workers=max_parallel)
-    def submit(self, fn, *args): return self.pool.submit(fn, *args)
+    def submit(self, fn, *args):
+        try: return self.pool.submit(fn, *args)
+        except cf.process.BrokenProcessPool:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = cf.ProcessPoolExecutor(max_workers=self.n)
+            return self.pool.submit(fn, *args)
     def wait_any(self, futs) -> set: return cf.wait(futs, return_when=cf.FIRST_COMPLETED).done
     def __enter__(self): return self
     def __exit__(self, *exc): self.pool.shutdown(wait=True, cancel_futures=True)
@@ -217,14 +223,14 @@ class DaskExecutor:
 
 EXECUTORS = {"local": LocalExecutor, "dask": DaskExecutor}
 
-# %% ../nbs/91_sweep.ipynb #38f37f7a
+# %% ../nbs/91_sweep.ipynb #aca8c7e2
 def slurm_job_script(cluster: dict|ClusterConfig, scheduler: str = "tcp://SCHEDULER:8786") -> str:
     "The sbatch script dask-jobqueue submits for a `cluster:` section (kind slurm); nothing is submitted."
     from dask_jobqueue.slurm import SLURMJob
     cfg = cluster if isinstance(cluster, ClusterConfig) else from_dict(ClusterConfig, {"kind": "slurm", **cluster}, prefix="cluster.")
     return SLURMJob(scheduler=scheduler, name=f"{cfg.job_name}-worker", **_slurm_kwargs(cfg)).job_script()
 
-# %% ../nbs/91_sweep.ipynb #799a0794
+# %% ../nbs/91_sweep.ipynb #44d192a2
 @dataclass
 class SweepResult:
     "Counts by status and the failed units of a sweep after a (partial) run."
@@ -280,7 +286,7 @@ def run_sweep(sweep, retry_failed: bool = False, max_parallel: int|None = None, 
     counts = {s: sum(u.status == s for u in rows) for s in ("pending", "running", "completed", "failed", "skipped")}
     return SweepResult(sw.name, counts, [(u.unit, u.error or "") for u in rows if u.status == "failed"], st.path)
 
-# %% ../nbs/91_sweep.ipynb #46d5ee60
+# %% ../nbs/91_sweep.ipynb #7aa950ff
 def _sweep_dir(sweep) -> Path:
     p = Path(sweep)
     name = (yaml.safe_load(p.read_text()) or {}).get("name") or p.stem if p.suffix in (".yaml", ".yml") and p.is_file() else str(sweep)
