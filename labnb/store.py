@@ -25,12 +25,16 @@ def atomic_path(path, suffix: str = ""):
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or ".tmp")
     os.close(fd); tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600 files; results are shared like any other file
     try:
         yield tmp
         with open(tmp, "rb+") as f: os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
+
+def _umask() -> int:
+    m = os.umask(0); os.umask(m); return m
 
 def atomic_write(path, data: str|bytes) -> Path:
     "Write text or bytes to `path` atomically."
