@@ -95,9 +95,9 @@ KILL_SCRIPT = textwrap.dedent('''
     words = {WORDS!r}
     rel = pd.DataFrame([{{"q_id": "ant", "input": a, "output": b}} for a, b in words])
     model, tok = tiny_model("llama")
-    cfg = fq.FVConfig(n_demos=3, n_trials=3, top_k=3, alphas=[1.0, 4.0], n_boot=5)
+    cfg = fq.FVConfig(**{CFG!r})
     fq.run_fv_qwise(model, tok, rel, out, cfg, progress=False)
-''').format(WORDS=WORDS)
+''').format(WORDS=WORDS, CFG=CFG.to_dict())
 
 def _run(script: Path, out: Path, mode: str):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
@@ -117,6 +117,7 @@ def test_resume_after_kill_mid_step6(tmp_path):
     after = {p: p.stat().st_mtime_ns for p in before}
     assert after == before                                                  # nothing completed was recomputed
     assert json.loads((killed / "qid_status.json").read_text())["ant"]["status"] == "completed"
-    p = _run(script, clean, "resume"); assert p.returncode == 0, p.stderr   # an uninterrupted run for comparison
+    model, tok = tiny_model("llama")                                       # an uninterrupted run for comparison
+    run_fv_qwise(model, tok, relation(False), clean, CFG, progress=False)
     a = json.loads((qd / SUMMARY_FILE).read_text()); b = json.loads((q_dir(clean, "ant") / SUMMARY_FILE).read_text())
     assert a == b
