@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['KEYS', 'SCORE_COLS', 'CI_RULES', 'BASELINE_PRESSES', 'TASK_METRICS', 'chance_level', 'results_frame', 'load_results',
-           'default_curve', 'synthetic_store', 'key_seed', 'bootstrap_ci', 'bootstrap_diff_ci', 'summarize',
-           'Transition', 'detect_transition', 'detect_transition_ci', 'with_baseline', 'transitions', 'focus_plan',
-           'kv_memory', 'efficiency', 'plot_accuracy', 'plot_failures', 'plot_latency_memory', 'task_metric',
-           'AnalysisConfig', 'analyze']
+           'default_curve', 'synthetic_store', 'key_seed', 'bootstrap_ci', 'bootstrap_diff_ci', 'binom_sf',
+           'above_chance', 'summarize', 'Transition', 'detect_transition', 'detect_transition_ci', 'with_baseline',
+           'transitions', 'focus_plan', 'kv_memory', 'efficiency', 'plot_accuracy', 'plot_failures',
+           'plot_latency_memory', 'task_metric', 'AnalysisConfig', 'analyze']
 
-# %% ../nbs/37_kv_analyze.ipynb #2f8f9ab9
+# %% ../nbs/37_kv_analyze.ipynb #576566ce
 import json, math, zlib
 from dataclasses import dataclass, asdict
 from pathlib import Path
@@ -22,7 +22,7 @@ from .core import Config, ConfigError, logger
 from .store import atomic_path
 from .kv_score import score_frame, FAILURE_RULES, SCORER_VERSION
 
-# %% ../nbs/37_kv_analyze.ipynb #b508c65a
+# %% ../nbs/37_kv_analyze.ipynb #ba83c268
 KEYS = ("task", "run_id", "press", "budget_kind", "budget", "bin")
 
 def chance_level(task: str, meta) -> float:
@@ -75,7 +75,7 @@ def load_results(store) -> pd.DataFrame:
     df.loc[stale, ["em", "f1"]] = None                                    # unscored or scored by older rules: redone in memory
     return results_frame(df.drop(columns=["detail"]))
 
-# %% ../nbs/37_kv_analyze.ipynb #ca3dc0da
+# %% ../nbs/37_kv_analyze.ipynb #61562541
 def _uuid(rng) -> str:
     h = "".join(rng.choice(list("0123456789abcdef"), 32))
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
@@ -131,7 +131,7 @@ def synthetic_store(path, n_per_bin: int = 12, bins: int = 3, budgets: Sequence[
                       ("failed" if r.get("error_type") else "completed", rid, ex))
     return st
 
-# %% ../nbs/37_kv_analyze.ipynb #a8b6bb9a
+# %% ../nbs/37_kv_analyze.ipynb #72be6915
 def key_seed(seed: int, *key) -> int:
     "A seed for one group: stable across processes and independent of group order."
     return (seed * 1_000_003 + zlib.crc32(repr(tuple(str(k) for k in key)).encode())) % 2**32
@@ -159,7 +159,19 @@ def bootstrap_diff_ci(a, b, level: float = 0.95, n_boot: int = 2000, seed: int =
     s = sa - sb
     return (float(np.quantile(s, (1 - level) / 2)), float(np.quantile(s, (1 + level) / 2)))
 
-# %% ../nbs/37_kv_analyze.ipynb #dcdc1469
+# %% ../nbs/37_kv_analyze.ipynb #1c3eaf5a
+def binom_sf(k: int, n: int, p: float) -> float:
+    "P(X >= k) for X ~ Binomial(n, p)."
+    return float(sum(math.comb(n, j) * p ** j * (1 - p) ** (n - j) for j in range(max(k, 0), n + 1)))
+
+def above_chance(x, chance: float, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> bool:
+    "Is the mean of per-example scores `x` clearly above `chance`? Exact binomial test for 0/1 scores, else CI bound."
+    x = np.asarray(x, float); x = x[~np.isnan(x)]
+    if len(x) == 0: return False
+    if np.isin(x, (0.0, 1.0)).all(): return binom_sf(int(x.sum()), len(x), chance) < 1 - level
+    return bootstrap_ci(x, level, n_boot, seed)[0] > chance
+
+# %% ../nbs/37_kv_analyze.ipynb #716fb2b1
 def _pct(s: pd.Series, q: float) -> float:
     s = s.dropna(); return float(np.percentile(s, q)) if len(s) else math.nan
 
@@ -183,7 +195,7 @@ def summarize(res: pd.DataFrame, metrics: Sequence[str] = ("f1", "em", "contains
     return out.sort_values([c for c in ("task", "press", "budget_kind", "bin") if c in out] + ["budget"],
                            ascending=[True] * (len([c for c in ("task", "press", "budget_kind", "bin") if c in out])) + [False]).reset_index(drop=True)
 
-# %% ../nbs/37_kv_analyze.ipynb #0574b8f3
+# %% ../nbs/37_kv_analyze.ipynb #511bf981
 @dataclass
 class Transition:
     "Where a curve collapses: `budget` is None when no step qualifies."
@@ -228,7 +240,7 @@ def detect_transition_ci(samples: Mapping[float, Sequence[float]], threshold: fl
             return Transition(float(cur), float(prev), before, after, before - after, lo, hi, rule)
     return Transition(rule=rule)
 
-# %% ../nbs/37_kv_analyze.ipynb #61dd3b0e
+# %% ../nbs/37_kv_analyze.ipynb #02bb82dc
 BASELINE_PRESSES = ("none", "full", "no_press")
 
 def with_baseline(res: pd.DataFrame) -> pd.DataFrame:
@@ -259,7 +271,7 @@ def transitions(res: pd.DataFrame, metric: str = "f1", threshold: float = 0.1, r
                          diff_lo=ci.diff_lo, diff_hi=ci.diff_hi, rule=rule, threshold=threshold))
     return pd.DataFrame(rows)
 
-# %% ../nbs/37_kv_analyze.ipynb #56291971
+# %% ../nbs/37_kv_analyze.ipynb #25bed777
 def focus_plan(res: pd.DataFrame, metric: str = "f1", target_width: float = 0.2, cap: int = 100, threshold: float = 0.1,
                rule: str = "diff", level: float = 0.95, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     "Cells (task, press, budget_kind, bin, budget, run_id) next to each transition, with their CI width and `n_more`."
@@ -288,7 +300,7 @@ def focus_plan(res: pd.DataFrame, metric: str = "f1", target_width: float = 0.2,
         rows += cells
     return pd.DataFrame(rows, columns=["task", "press", "budget_kind", "bin", "budget", "run_id", "n", "ci_width", "n_target", "n_more"])
 
-# %% ../nbs/37_kv_analyze.ipynb #7876f037
+# %% ../nbs/37_kv_analyze.ipynb #9c70041b
 def kv_memory(res: pd.DataFrame) -> pd.DataFrame:
     "Measured KV-cache size per (task, press, budget_kind, budget)."
     g = with_baseline(res).groupby(["task", "press", "budget_kind", "budget"])
@@ -311,7 +323,7 @@ def efficiency(res: pd.DataFrame, out_weight: float = 4.0) -> pd.DataFrame:
     return out.drop(columns=["latency_total", "completion_total"]).sort_values(
         ["task", "press", "budget_kind", "budget"], ascending=[True, True, True, False]).reset_index(drop=True)
 
-# %% ../nbs/37_kv_analyze.ipynb #36d5c736
+# %% ../nbs/37_kv_analyze.ipynb #124cfa42
 def _bin_label(sm: pd.DataFrame) -> dict:
     t = sm.groupby("bin").agg(lo=("n_tokens_min", "min"), hi=("n_tokens_max", "max"))
     return {b: f"{b}\n{int(r.lo)}-{int(r.hi)}" if pd.notna(r.lo) else str(b) for b, r in t.iterrows()}
@@ -387,7 +399,7 @@ def plot_latency_memory(res: pd.DataFrame, metric: str = "f1", title: str = ""):
     if title: fig.suptitle(title)
     fig.tight_layout(); return fig
 
-# %% ../nbs/37_kv_analyze.ipynb #722fa093
+# %% ../nbs/37_kv_analyze.ipynb #0617fa84
 TASK_METRICS = {"kv_retrieval": "contains", "synthetic_kv": "contains", "needle": "contains", "nq": "contains"}
 
 def task_metric(task: str, default: str = "f1") -> str:

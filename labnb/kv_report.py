@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['request_status', 'fmt', 'fmt_ci', 'md_table', 'fb', 'report_context', 'render_report', 'write_report']
 
-# %% ../nbs/38_kv_report.ipynb #311625a8
+# %% ../nbs/38_kv_report.ipynb #2791df6b
 import math
 from pathlib import Path
 
@@ -14,9 +14,9 @@ import pandas as pd
 
 from .core import git_info, logger, now_iso
 from .store import atomic_write
-from .kv_analyze import AnalysisConfig, analyze, summarize, with_baseline
+from .kv_analyze import AnalysisConfig, above_chance, analyze, summarize, with_baseline
 
-# %% ../nbs/38_kv_report.ipynb #307c6179
+# %% ../nbs/38_kv_report.ipynb #8619ebc3
 def request_status(store) -> pd.DataFrame:
     "Per run: press, budget, planned and finished requests, missing = planned - finished."
     df = store.df("""SELECT q.run_id, u.press, u.budget_kind, u.budget, COUNT(*) AS planned,
@@ -26,7 +26,7 @@ def request_status(store) -> pd.DataFrame:
     df["missing"] = df.planned - df.finished
     return df
 
-# %% ../nbs/38_kv_report.ipynb #5187c50e
+# %% ../nbs/38_kv_report.ipynb #242d279e
 def fmt(x, nd: int = 2) -> str:
     "A number for a table: '—' for None/NaN, `nd` decimals for floats, budgets without trailing zeros."
     if x is None or (isinstance(x, float) and math.isnan(x)): return "—"
@@ -44,7 +44,7 @@ def md_table(df: pd.DataFrame) -> str:
 
 def fb(b) -> str: return f"{float(b):g}"
 
-# %% ../nbs/38_kv_report.ipynb #d687b93b
+# %% ../nbs/38_kv_report.ipynb #4bb2a717
 def _budget_part(a: dict, cfg) -> tuple[str, list[str]]:
     res = with_baseline(a["results"])
     sm = summarize(res, metrics=("f1", "em", "contains", "failed"), level=cfg.level, n_boot=cfg.n_boot, seed=cfg.seed,
@@ -69,12 +69,13 @@ def _budget_part(a: dict, cfg) -> tuple[str, list[str]]:
     return md_table(df), sents
 
 def _full_part(a: dict, cfg) -> tuple[str, list[str], set]:
-    sm, rows, low = a["summary"], [], set()
+    sm, res, rows, low = a["summary"], a["results"], [], set()
     for (task, kind), g in sm.groupby(["task", "budget_kind"], sort=True):
         m = a["metrics"][task]
         top = g[g.budget == g.budget.max()]
         for r in top.sort_values(["press", "bin"]).itertuples():
-            above = getattr(r, f"{m}_lo") > r.chance
+            x = res.loc[(res.run_id == r.run_id) & (res.task == task) & (res.bin == r.bin), m]
+            above = above_chance(x, r.chance, cfg.level, cfg.n_boot, cfg.seed)
             if not above: low.add((task, r.bin))
             rows.append({"task": task, "press": r.press, "budget": fb(r.budget), "bin": r.bin,
                          "prompt tokens": f"{int(r.n_tokens_min)}–{int(r.n_tokens_max)}" if pd.notna(r.n_tokens_min) else "—",
@@ -82,7 +83,7 @@ def _full_part(a: dict, cfg) -> tuple[str, list[str], set]:
                          "chance": fmt(r.chance), "above chance": "yes" if above else "**no**"})
     sents = ([f"Bins not clearly above chance at full budget (their transitions are not interpretable): "
               + ", ".join(f"{t} bin {b}" for t, b in sorted(low)) + "."] if low else
-             ["Every bin is above chance at full budget (lower CI bound > chance level)."])
+             ["Every bin is clearly above chance at full budget."])
     return md_table(pd.DataFrame(rows)), sents, low
 
 def _transition_part(a: dict, low: set) -> tuple[str, list[str]]:
@@ -99,8 +100,14 @@ def _transition_part(a: dict, low: set) -> tuple[str, list[str]]:
         for r in g.itertuples():
             by.setdefault(fb(r.transition_ci) if pd.notna(r.transition_ci) else "none", []).append(str(r.bin))
         parts = [f"at {k} in bin{'s' if len(v) > 1 else ''} {', '.join(v)}" for k, v in by.items() if k != "none"]
-        if "none" in by: parts.append(f"no significant transition in bin{'s' if len(by['none']) > 1 else ''} {', '.join(by['none'])}")
-        s = f"**{press}** on {task}: CI-aware transition " + "; ".join(parts) + "."
+        pt = g.transition.dropna()
+        if not parts:
+            s = f"**{press}** on {task}: no significant transition in any bin"
+            s += (f" (the point rule finds one in {len(pt)} of {len(g)} bins, at {', '.join(sorted({fb(b) for b in pt}, key=float, reverse=True))},"
+                  " but no drop's CI excludes 0)." if len(pt) else ".")
+        else:
+            if "none" in by: parts.append(f"none in bin{'s' if len(by['none']) > 1 else ''} {', '.join(by['none'])}")
+            s = f"**{press}** on {task}: CI-aware transition " + "; ".join(parts) + "."
         t = pd.to_numeric(g.sort_values("bin").transition_ci).fillna(-1.0).to_numpy()
         if len(t) > 2 and (t >= 0).sum() >= 2 and np.all(np.diff(t) >= 0) and t[-1] > t[0]:
             s += " Longer bins collapse at larger budgets."
@@ -128,9 +135,10 @@ def _cause_part(a: dict, cfg) -> tuple[str, list[str]]:
         if d_c <= cfg.threshold:
             sents.append(head + f"no collapse (correct rate changes by {-d_c:+.2f}).")
         else:
-            main = "wrong answers" if d_w >= d_f else "failures"
-            sents.append(head + f"correct rate falls by {d_c:.2f}: wrong answers {d_w:+.2f}, failures {d_f:+.2f} — "
-                         f"the collapse comes mostly from **{main}**" + (f" (most common failure at {fb(bs[-1])}: {lo['top']})" if d_f > 0 else "") + ".")
+            main = ("comes from wrong answers and failures **equally**" if abs(d_w - d_f) < 1e-9 else
+                    f"comes mostly from **{'wrong answers' if d_w > d_f else 'failures'}**")
+            sents.append(head + f"correct rate falls by {d_c:.2f}: wrong answers {d_w:+.2f}, failures {d_f:+.2f} — the collapse "
+                         + main + (f" (most common failure at {fb(bs[-1])}: {lo['top']})" if d_f > 0 else "") + ".")
     return md_table(pd.DataFrame(rows)), sents
 
 def _memory_part(a: dict, cfg) -> tuple[str, list[str]]:
@@ -148,10 +156,12 @@ def _memory_part(a: dict, cfg) -> tuple[str, list[str]]:
                          "latency p90 (s)": fmt(p90.get(r.budget), 3), m: fmt(acc.get(r.budget))})
         full = g.iloc[0]
         ok = [b for b in g.budget if acc.get(b, -1) >= acc[full.budget] - cfg.threshold]
-        safe = g[g.budget == min(ok)].iloc[0]
+        safe = g[g.budget == min(ok)].iloc[0] if min(ok) < full.budget else g.iloc[1] if len(g) > 1 else full
         lat = (safe.latency_p50 / full.latency_p50 - 1) * 100 if full.latency_p50 else float("nan")
-        sents.append(f"**{press}** on {task}: the smallest budget within {cfg.threshold} of full-budget {m} is "
-                     f"{fb(safe.budget)} — KV cache {fmt(safe.kv_mib, 3)} MiB ({fmt(safe.kv_fraction * 100, 0)}% of full), "
+        what = (f"the smallest budget within {cfg.threshold} of full-budget {m} is {fb(safe.budget)}" if min(ok) < full.budget else
+                f"no compressed budget stays within {cfg.threshold} of full-budget {m} ({fmt(acc[full.budget])}); the largest "
+                f"compressed one, {fb(safe.budget)}, gets {fmt(acc.get(safe.budget))}")
+        sents.append(f"**{press}** on {task}: {what} — KV cache {fmt(safe.kv_mib, 3)} MiB ({fmt(safe.kv_fraction * 100, 0)}% of full), "
                      f"p50 latency {fmt(safe.latency_p50, 3)} s vs {fmt(full.latency_p50, 3)} s ({lat:+.0f}%).")
     return md_table(pd.DataFrame(rows)), sents
 
@@ -159,11 +169,13 @@ def _limitations(a: dict, status: pd.DataFrame, low: set, models: list) -> list[
     sm, res = a["summary"], a["results"]
     m = sm.task.map(a["metrics"])
     width = np.array([r[f"{mm}_hi"] - r[f"{mm}_lo"] for (_, r), mm in zip(sm.iterrows(), m)])
-    out = [f"Sample size: {sm.n.min()}–{sm.n.max()} examples per (run, bin); the median width of a {a['config']['level']:.0%} CI "
-           f"of the headline metric is {np.nanmedian(width):.2f}. Differences smaller than that are not resolved."]
+    n = f"{sm.n.min()}" if sm.n.min() == sm.n.max() else f"{sm.n.min()}–{sm.n.max()}"
+    out = [f"Sample size: {n} examples per (run, bin); {a['config']['level']:.0%} CIs of the headline metric are "
+           f"{np.nanmin(width):.2f}–{np.nanmax(width):.2f} wide (mean {np.nanmean(width):.2f}). Differences smaller than that are not resolved."]
     if sm.n.min() < 10:
-        out.append(f"With as few as {sm.n.min()} examples in a cell the percentile bootstrap under-covers (its CIs are too "
-                   "narrow: a resample cannot vary more than the sample), so even a CI-aware transition there is tentative.")
+        out.append(f"With as few as {sm.n.min()} examples in a cell the percentile bootstrap under-covers (an all-correct or "
+                   "all-wrong cell gets a zero-width CI), so even a CI-aware transition there is tentative; per-budget rows "
+                   "pooled over bins (first table) are the firmer evidence.")
     if int(status.missing.sum()) if len(status) else 0:
         out.append(f"PARTIAL: {int(status.missing.sum())} planned requests are missing; cells with fewer examples have wider CIs "
                    "and the missing requests are not a random sample if the run stopped early.")
@@ -179,7 +191,7 @@ def _limitations(a: dict, status: pd.DataFrame, low: set, models: list) -> list[
             "Latency was measured on a shared CPU machine: compare budgets within this run, not against other machines."]
     return out
 
-# %% ../nbs/38_kv_report.ipynb #10d37c78
+# %% ../nbs/38_kv_report.ipynb #b5fc8a37
 def report_context(a: dict, status: pd.DataFrame, experiment: str, out_weight: float = 4.0) -> dict:
     "Template variables answering the report's questions from an analysis and the request status."
     cfg = AnalysisConfig.from_dict(a["config"])
@@ -208,7 +220,7 @@ def report_context(a: dict, status: pd.DataFrame, experiment: str, out_weight: f
                 efficiency_table=md_table(eff.drop(columns=["budget_kind"])), out_weight=out_weight, fig_prefix="",
                 limitations=_limitations(a, status, low, models))
 
-# %% ../nbs/38_kv_report.ipynb #d085ebe8
+# %% ../nbs/38_kv_report.ipynb #a38968bc
 def render_report(ctx: dict, template: str = "kv_report.md.j2", directory=None) -> str:
     "Render the report template with `ctx` (undefined variables are errors)."
     import jinja2

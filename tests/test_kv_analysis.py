@@ -122,6 +122,13 @@ def test_transitions_per_bin_and_focus_plan(tmp_path):
     assert (plan.n_target <= 50).all() and (plan.n_more > 0).any()
 
 
+def test_above_chance_binomial_by_hand():
+    from labnb.kv_analyze import above_chance, binom_sf
+    assert binom_sf(2, 3, 0.25) == pytest.approx(10 / 64)        # 3*(1/4)^2*(3/4) + (1/4)^3
+    assert above_chance([1, 1, 1], 0.25) and not above_chance([1, 1, 0], 0.25)
+    assert above_chance([1, 0, 0], 0.0) and not above_chance([0, 0, 0], 0.0)
+
+
 # --- report --------------------------------------------------------------------------------------------------------
 
 def test_report_partial_run_says_partial(tmp_path):
