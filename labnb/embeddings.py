@@ -7,7 +7,7 @@ __all__ = ['POOLINGS', 'ENCODERS', 'pool', 'length_order', 'n_hidden_states', 'r
            'tokenizer_id', 'embedding_manifest', 'embedding_entry', 'load_embeddings', 'precompute_embeddings',
            'EncoderSpec', 'encoder_spec', 'load_encoder', 'embed_texts', 'tiny_encoder']
 
-# %% ../nbs/10_embeddings.ipynb #f2ff8b44
+# %% ../nbs/10_embeddings.ipynb #46f4790f
 import hashlib, json, re, shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,7 @@ import torch
 from .core import logger, paths
 from .store import ArrayCache, CacheMismatch, ChunkedArray
 
-# %% ../nbs/10_embeddings.ipynb #afa0aed7
+# %% ../nbs/10_embeddings.ipynb #cecd1c57
 def _mean_pool(h, mask):  # h: [batch, seq, d], mask: [batch, seq]
     m = mask.to(h.dtype).unsqueeze(-1)
     return (h * m).sum(1) / m.sum(1).clamp(min=1.0)
@@ -39,7 +39,7 @@ def pool(h, mask, pooling: str = "mean"):  # h: [batch, seq, d], mask: [batch, s
     if pooling not in POOLINGS: raise ValueError(f"pooling: unknown {pooling!r} (known: {', '.join(POOLINGS)})")
     return POOLINGS[pooling](h, mask)
 
-# %% ../nbs/10_embeddings.ipynb #64796ebf
+# %% ../nbs/10_embeddings.ipynb #0074b0b3
 def _tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
     enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False,
                     return_attention_mask=False, return_token_type_ids=False)
@@ -59,7 +59,7 @@ def length_order(lengths) -> np.ndarray:
     "Indices sorting items longest first (stable, so reruns batch identically)."
     return np.argsort(-np.asarray(lengths), kind="stable")
 
-# %% ../nbs/10_embeddings.ipynb #128e8d2e
+# %% ../nbs/10_embeddings.ipynb #fa03b79e
 def _backbone(model):
     "The model without its task head (a causal LM's base transformer), when it has one."
     base = getattr(model, "base_model", None)
@@ -123,7 +123,7 @@ def encode_batch(model, input_ids, attention_mask, layers: Sequence[int], poolin
         res[l] = v.cpu().numpy()
     return res
 
-# %% ../nbs/10_embeddings.ipynb #a08f678e
+# %% ../nbs/10_embeddings.ipynb #becc6c66
 def texts_sha256(texts: Sequence[str]) -> str:
     "Hash of a list of texts (order matters)."
     h = hashlib.sha256()
@@ -159,7 +159,7 @@ def load_embeddings(name: str, cache: ArrayCache|None = None, mmap: bool = True,
     cache = cache or ArrayCache()
     return cache.load(name, expected or None, mmap=mmap)["emb"]
 
-# %% ../nbs/10_embeddings.ipynb #8d8b9e85
+# %% ../nbs/10_embeddings.ipynb #a8c40e93
 def _pad_side(tokenizer) -> str: return getattr(tokenizer, "padding_side", "right") or "right"
 
 def _pad_id(tokenizer) -> int:
@@ -176,7 +176,7 @@ def _encode_rows(model, tokenizer, ids, order, layers, pooling, normalize, batch
         for l, v in encode_batch(model, inp, mask, layers, pooling, normalize).items(): parts[l].append(v)
     return {l: np.concatenate(p) for l, p in parts.items()}
 
-# %% ../nbs/10_embeddings.ipynb #216fb80b
+# %% ../nbs/10_embeddings.ipynb #9fcf4270
 def precompute_embeddings(model, tokenizer, texts: Sequence[str], *, layers: Sequence[int] = (-1,),
                           pooling: Literal["mean", "cls", "last"] = "mean", normalize: bool = False,
                           batch_size: int = 32, max_length: int = 256, model_id: str, revision: str = "main",
@@ -191,9 +191,8 @@ def precompute_embeddings(model, tokenizer, texts: Sequence[str], *, layers: Seq
     sha = texts_sha256(texts)
     common = dict(model_id=model_id, pooling=pooling, dataset=dataset, text_field=text_field, normalize=normalize,
                   max_length=max_length, texts_sha=sha)
-    man = {l: embedding_manifest(revision=revision, dtype=str(next(model.parameters()).dtype),
-                                 tokenizer=tokenizer_id(tokenizer, model_id), layer=l, n_texts=len(texts), **{
-                                     k: v for k, v in common.items() if k != "texts_sha"}, texts_sha=sha) for l in resolved}
+    man = {l: embedding_manifest(**common, revision=revision, dtype=str(next(model.parameters()).dtype),
+                                 tokenizer=tokenizer_id(tokenizer, model_id), layer=l, n_texts=len(texts)) for l in resolved}
     names = {l: embedding_entry(layer=l, **common) for l in resolved}
     got = {}
     if cache is not None:
@@ -223,7 +222,7 @@ def precompute_embeddings(model, tokenizer, texts: Sequence[str], *, layers: Seq
         if cache is not None: shutil.rmtree(cache.entry(job), ignore_errors=True)
     return {req: got[l] for req, l in zip(layers, resolved)}
 
-# %% ../nbs/10_embeddings.ipynb #8964bdd9
+# %% ../nbs/10_embeddings.ipynb #21bfdc17
 @dataclass(frozen=True)
 class EncoderSpec:
     "A named encoder: the id and revision recorded in manifests, its default pooling, and a local loader."
@@ -252,7 +251,7 @@ def load_encoder(name: str):
     model, tok = load_model(spec.models_name, revision=None if name in ENCODERS else spec.revision, device="cpu")
     return model.eval(), tok, spec
 
-# %% ../nbs/10_embeddings.ipynb #d90bbb20
+# %% ../nbs/10_embeddings.ipynb #1a2cb473
 def _cached_layers(spec, texts_sha, layers, pooling, normalize, max_length, dataset, text_field, cache):
     "{requested layer: array} if every layer is cached for this encoder (negative layers need the model: None)."
     out = {}
@@ -282,7 +281,7 @@ def embed_texts(encoder: str, texts: Sequence[str], *, layers: Sequence[int] = (
                                  revision=spec.revision, dataset=dataset, text_field=text_field, cache=cache,
                                  chunk_size=chunk_size, progress=progress)
 
-# %% ../nbs/10_embeddings.ipynb #6168a179
+# %% ../nbs/10_embeddings.ipynb #d97c99af
 def tiny_encoder(seed: int = 0, n_layers: int = 2, d: int = 32):
     "A random tiny BERT and a character-level tokenizer (tests and examples)."
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
