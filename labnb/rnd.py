@@ -9,7 +9,7 @@ __all__ = ['ACTIVATIONS', 'INPUT_MODES', 'CONTROLS', 'BASELINES', 'PAIR_FIELDS',
            'mahalanobis_scores', 'pair_texts', 'GroupSpec', 'pair_embeddings', 'evaluate', 'NoveltyExperiment',
            'run_seeds', 'stats_table', 'summarize', 'curves_table', 'scores_table']
 
-# %% ../nbs/11_rnd.ipynb #b477abdc
+# %% ../nbs/11_rnd.ipynb #71eecd8c
 import math
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
@@ -21,7 +21,7 @@ from torch import nn
 from .core import Config, ConfigError, logger, seed_everything
 from .embeddings import embed_texts
 
-# %% ../nbs/11_rnd.ipynb #cc38e01e
+# %% ../nbs/11_rnd.ipynb #f6d3e92e
 ACTIVATIONS: dict[str, type] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU}
 
 @dataclass
@@ -50,7 +50,7 @@ class RNDConfig(Config):
         if self.clip <= 0: raise ConfigError("clip", f"must be > 0, got {self.clip}")
         if not 0 <= self.calibration_fraction < 1: raise ConfigError("calibration_fraction", f"must be in [0, 1), got {self.calibration_fraction}")
 
-# %% ../nbs/11_rnd.ipynb #98397986
+# %% ../nbs/11_rnd.ipynb #f8c288f0
 class RunningMeanStd(nn.Module):
     "Running per-feature mean and variance; `normalize` whitens and clips."
     def __init__(self, dim: int, clip: float = 5.0, eps: float = 1e-8):
@@ -71,7 +71,7 @@ class RunningMeanStd(nn.Module):
         z = (x - self.mean.to(x.dtype)) / torch.sqrt(self.var.to(x.dtype) + self.eps)
         return z.clamp(-self.clip, self.clip)
 
-# %% ../nbs/11_rnd.ipynb #2a33fd9d
+# %% ../nbs/11_rnd.ipynb #0866c999
 def mlp(d_in: int, hidden: Sequence[int], d_out: int, activation: str = "relu") -> nn.Sequential:
     "An MLP with orthogonal init (gain sqrt(2) on hidden layers, 1 on the output layer), zero biases."
     dims, layers = [d_in, *hidden], []
@@ -96,7 +96,7 @@ class RND(nn.Module):
         z = self.prepare(x)
         return (self.predictor(z) - self.target(z)).pow(2).mean(-1)
 
-# %% ../nbs/11_rnd.ipynb #a776fef8
+# %% ../nbs/11_rnd.ipynb #b65554b3
 class PairInputs:
     "RND inputs built on the fly from problem and answer embedding arrays (memory-mapped or not)."
     def __init__(self, problem, answer, mode: str = "concat"):
@@ -119,7 +119,7 @@ def _rows(X, idx) -> torch.Tensor:
 
 def _dim(X) -> int: return X.dim if isinstance(X, PairInputs) else X.shape[1]
 
-# %% ../nbs/11_rnd.ipynb #1934c315
+# %% ../nbs/11_rnd.ipynb #8cb4bca6
 @torch.no_grad()
 def score(model: RND, X, idx=None, batch_size: int = 1024) -> np.ndarray:
     "Per-item prediction error (the novelty score) of the rows `idx` (default: all) of `X`."
@@ -168,7 +168,7 @@ def calibrate(scores, reference) -> np.ndarray:
     ref = np.sort(np.asarray(reference))
     return 100.0 * np.searchsorted(ref, np.asarray(scores), side="right") / len(ref)
 
-# %% ../nbs/11_rnd.ipynb #1ba6d8c4
+# %% ../nbs/11_rnd.ipynb #a9f27bf5
 def cohens_d(a, b) -> float:
     "Cohen's d of `a` against `b` with the pooled standard deviation."
     a, b = np.asarray(a, float), np.asarray(b, float)
@@ -195,7 +195,7 @@ def novelty_stats(scores: dict, reference: str = "seen") -> dict:
         out[g] = row
     return out
 
-# %% ../nbs/11_rnd.ipynb #99486323
+# %% ../nbs/11_rnd.ipynb #cef37278
 def derangement(n: int, rng) -> np.ndarray:
     "A random permutation of range(n) with no fixed point (n >= 2)."
     if n < 2: raise ValueError(f"a derangement needs n >= 2, got {n}")
@@ -240,7 +240,7 @@ def make_controls(problem, answer, mode: str, rng, controls: Sequence[str] = tup
         check_differs(out[c], held.materialize(), c)
     return out
 
-# %% ../nbs/11_rnd.ipynb #0d1352f2
+# %% ../nbs/11_rnd.ipynb #50205d3f
 def _standardize(train, *others):
     mu, sd = train.mean(0), train.std(0) + 1e-6
     return [(x - mu) / sd for x in (train, *others)]
@@ -261,7 +261,7 @@ def mahalanobis_scores(train, groups: dict) -> dict:
 
 BASELINES = {"knn": knn_scores, "mahalanobis": mahalanobis_scores}
 
-# %% ../nbs/11_rnd.ipynb #c4fde1fb
+# %% ../nbs/11_rnd.ipynb #3ec1de38
 def _gsm8k_pair(r): return r.problem, f"{r.solution}\n#### {r.answer}"
 def _sentence_pair(r): return r.s1, r.s2
 def _icl_pair(r): return r.input, r.output
@@ -298,7 +298,7 @@ def pair_embeddings(groups: dict[str, GroupSpec], encoder: str, layer: int, pool
                        for t, f in ((p, "problem"), (a, "answer")))
     return out
 
-# %% ../nbs/11_rnd.ipynb #35dff8d1
+# %% ../nbs/11_rnd.ipynb #03b18632
 def evaluate(emb: dict, cfg: RNDConfig, train: str = "train", reference: str = "seen",
              baselines: Sequence[str] = tuple(BASELINES), controls: Sequence[str] = tuple(CONTROLS)) -> dict:
     "Train on `emb[train]`, score all groups + controls -> {'stats', 'baselines', 'scores', 'history'}."
@@ -320,7 +320,7 @@ def evaluate(emb: dict, cfg: RNDConfig, train: str = "train", reference: str = "
     return {"stats": novelty_stats(scores, reference), "baselines": base, "scores": scores, "calib_scores": calib_scores,
             "calibrated": {g: calibrate(s, calib_scores) for g, s in scores.items()}, "history": hist}
 
-# %% ../nbs/11_rnd.ipynb #b3c97224
+# %% ../nbs/11_rnd.ipynb #547785de
 @dataclass
 class NoveltyExperiment(Config):
     "Data, encoder and seeds of an RND novelty evaluation."
@@ -356,7 +356,7 @@ class NoveltyExperiment(Config):
         return pair_embeddings(self.groups(), self.encoder, self.layer, self.pooling, self.normalize_embeddings,
                                self.max_length, progress=progress)
 
-# %% ../nbs/11_rnd.ipynb #b0139dd3
+# %% ../nbs/11_rnd.ipynb #6d43cc1a
 def _save_seed(path, res: dict):
     from labnb.store import atomic_path, atomic_write_json
     arrays = {f"score__{g}": s for g, s in res["scores"].items()} | {"calib_scores": res["calib_scores"]}
