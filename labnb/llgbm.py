@@ -12,7 +12,7 @@ __all__ = ['EMBEDDERS', 'DEFAULT_TASKS', 'DEFAULT_HELDOUT', 'PRESETS', 'DELTA_ME
            'composition', 'train_run', 'evaluate_run', 'run_experiment', 'verify_reproducibility', 'delta_silhouette',
            'plot_deltas', 'plot_history', 'plot_composition']
 
-# %% ../nbs/26_llgbm.ipynb #680f6bad
+# %% ../nbs/26_llgbm.ipynb #03000e85
 import dataclasses, hashlib, itertools, json, math, random, re, tempfile, time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +31,7 @@ from .lora import (LoraSpec, TeacherConfig, LoraLayout, lora_layout, flatten_lor
                         train_teacher, save_adapter, load_adapter, task_pairs, split_pairs, answer_metrics, lora_forward)
 from .deltas import ProbeConfig, DeltaConfig, probe_set, base_states, delta_activations, compute_deltas, AGGREGATES
 
-# %% ../nbs/26_llgbm.ipynb #da89fc37
+# %% ../nbs/26_llgbm.ipynb #c44598b9
 def _hash_embed(texts: Sequence[str]) -> np.ndarray:
     out = np.zeros((len(texts), 256), np.float32)
     for i, t in enumerate(texts):
@@ -59,7 +59,7 @@ def describe(emb: np.ndarray, k: int, rng: random.Random) -> np.ndarray:  # emb:
     "Mean embedding of `k` examples drawn with `rng`."
     return emb[rng.sample(range(len(emb)), min(k, len(emb)))].mean(0)
 
-# %% ../nbs/26_llgbm.ipynb #161410fd
+# %% ../nbs/26_llgbm.ipynb #41bac9b5
 @dataclass
 class ModelConfig(Config):
     "The frozen base model: an offline name of `labnb.models` or `tiny-<arch>` (random, tests)."
@@ -120,7 +120,7 @@ DEFAULT_TASKS = {"fv/antonym": "linguistic", "fv/present-past": "linguistic", "f
                  "fv/capitalize_first_letter": "symbolic", "fv/lowercase_first_letter": "symbolic"}
 DEFAULT_HELDOUT = ["fv/singular-plural", "fv/english-spanish", "fv/lowercase_first_letter"]
 
-# %% ../nbs/26_llgbm.ipynb #a0f50a87
+# %% ../nbs/26_llgbm.ipynb #69cbc595
 PRESETS: dict[str, dict] = {
     "baseline":    {"train.weight_loss": 1.0, "train.delta_loss": 0.0},
     "delta_multi": {"train.weight_loss": 1.0, "train.delta_loss": 1.0, "train.delta_warmup": 5, "train.delta_ramp": 10},
@@ -147,7 +147,7 @@ def read_config(path) -> ExperimentConfig:
     from labnb.core import read_yaml
     return ExperimentConfig.from_dict(read_yaml(path), source=str(path))
 
-# %% ../nbs/26_llgbm.ipynb #f7fe3fa3
+# %% ../nbs/26_llgbm.ipynb #23267d45
 @dataclass
 class Context:
     "Everything an LLGBM step needs that does not change during an experiment."
@@ -204,7 +204,7 @@ def teacher_table(teachers: dict, cfg: ExperimentConfig) -> pd.DataFrame:
                           "steps": m["steps"], "final_loss": m["final_loss"], "eval_loss": m["eval_loss"],
                           "base_accuracy": m["base_accuracy"], "accuracy": m["accuracy"]} for t, (_, m) in teachers.items()])
 
-# %% ../nbs/26_llgbm.ipynb #bfdf73d4
+# %% ../nbs/26_llgbm.ipynb #b806bce5
 class LoraGenerator(nn.Module):
     "Task embedding `[batch, d_in]` -> flattened LoRA factors `[batch, n_params]`."
     def __init__(self, d_in: int, layout: LoraLayout, hidden: int, mean: torch.Tensor, scale: torch.Tensor, init_std: float = 1e-3):
@@ -242,7 +242,7 @@ DELTA_METRICS = {
     "cosine": lambda d, t: (1 - nn.functional.cosine_similarity(d, t, dim=-1)).mean(),
 }
 
-# %% ../nbs/26_llgbm.ipynb #eaad42b8
+# %% ../nbs/26_llgbm.ipynb #b62e7f2e
 @dataclass
 class TeacherData:
     "Teachers of one experiment as tensors: flattened weights and per-probe deltas."
@@ -336,7 +336,7 @@ def load_generator(ctx: Context, run_dir) -> LoraGenerator:
     gen.load_state_dict(state["generator"])
     return gen.eval()
 
-# %% ../nbs/26_llgbm.ipynb #ac448cce
+# %% ../nbs/26_llgbm.ipynb #41b9c6ca
 def task_description(cfg: ExperimentConfig, emb: np.ndarray, task: str) -> np.ndarray:
     "The fixed evaluation embedding of a task (seeded by the task name)."
     return describe(emb, cfg.generator.n_examples, random.Random(f"{cfg.train.seed}-{task}"))
@@ -400,7 +400,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     "Mean accuracy / loss / delta cosine per split and method."
     return df.groupby(["split", "method"], sort=False)[["accuracy", "loss", "delta_cos"]].mean().round(4)
 
-# %% ../nbs/26_llgbm.ipynb #33a2d0eb
+# %% ../nbs/26_llgbm.ipynb #eeeeff84
 def faiss_top1(db: np.ndarray, queries: np.ndarray) -> np.ndarray:  # db: [n, d], queries: [m, d] -> [m]
     "Index of the most cosine-similar row of `db` for each query (faiss flat inner-product index)."
     import faiss
@@ -447,7 +447,7 @@ def composition(ctx: Context, teachers: dict, pairs: Sequence[tuple[str, str]], 
         rows.append(row)
     return pd.DataFrame(rows)
 
-# %% ../nbs/26_llgbm.ipynb #99c84a30
+# %% ../nbs/26_llgbm.ipynb #43ffe2bf
 def _methods(ctx, teachers, gens) -> dict:
     return {"base": None, "mean_teachers": mean_teacher(teachers, ctx.cfg.train_tasks),
             "teacher": {t: teachers[t][0] for t in teachers}, "generated": gens}
@@ -514,7 +514,7 @@ def verify_reproducibility(run_dir, tol: float = 1e-5, ctx: Context|None = None,
     ok = len(m) == len(old) == len(new) and all(v <= tol for v in diffs.values()) and (m["config_hash_saved"] == m["config_hash_rerun"]).all()
     return {"ok": bool(ok), "tol": tol, "max_abs_diff": diffs, "n_compared": len(m), "config_hash": ctx.cfg.config_hash()}
 
-# %% ../nbs/26_llgbm.ipynb #1339869b
+# %% ../nbs/26_llgbm.ipynb #7e55283d
 def delta_silhouette(deltas: np.ndarray, labels: Sequence[str]) -> float:
     "Silhouette score (cosine) of `labels` clusters of the deltas; nan when it is undefined."
     from sklearn.metrics import silhouette_score

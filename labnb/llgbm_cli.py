@@ -5,13 +5,13 @@
 # %% auto #0
 __all__ = ['COMMANDS', 'main']
 
-# %% ../nbs/29_llgbm_cli.ipynb #34822dba
+# %% ../nbs/29_llgbm_cli.ipynb #ad8c31be
 import argparse, json, sys
 from pathlib import Path
 
 from .core import ConfigError, logger, paths
 
-# %% ../nbs/29_llgbm_cli.ipynb #8bc2afa2
+# %% ../nbs/29_llgbm_cli.ipynb #1046ee54
 def _config(a):
     from labnb.llgbm import make_config
     return make_config(a.preset, [Path(f) for f in a.config], a.set)
