@@ -53,7 +53,7 @@ def promote(run_dir, name: str) -> Path:
     else: nb["cells"].insert(0, {"cell_type": "raw", "metadata": {}, "source": SKIP_EXEC})
     clean_nb(nb, allowed_cell_metadata_keys=["tags"])
     dest = paths().nbs / "runs" / f"{name}.ipynb"
-    atomic_write(dest, nbformat.writes(nbformat.from_dict(nb)))
+    atomic_write(dest, nbformat.writes(nbformat.from_dict(nb)) + "\n")   # the same bytes nbdev_clean writes
     return dest
 
 # %% ../nbs/92_cli.ipynb #745e76b3
