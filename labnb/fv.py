@@ -41,17 +41,12 @@ def read_relation_csv(path) -> pd.DataFrame:
 
 # %% ../nbs/20_fv.ipynb #88da5ca2
 def _fv_rows(name: str) -> list[dict]:
-    root = paths().data / "function_vectors" / "dataset_files"
-    for sub in ("abstractive", "extractive"):
-        if (f := root / sub / f"{name}.json").is_file():
-            return [{"input": str(r["input"]), "output": str(r["output"])} for r in json.loads(f.read_text())]
-    raise FileNotFoundError(f"no function-vector task {name!r} under {root}")
+    from labnb.data import load_dataset
+    return [{"input": r.input, "output": r.output} for r in load_dataset(f"fv/{name}")]
 
 def _lre_rows(name: str) -> list[dict]:
-    root = paths().data / "relations_lre" / "data"
-    hits = sorted(root.glob(f"*/{name}.json"))
-    if not hits: raise FileNotFoundError(f"no LRE relation {name!r} under {root}")
-    return [{"input": s["subject"], "output": s["object"]} for s in json.loads(hits[0].read_text())["samples"]]
+    from labnb.data import load_dataset
+    return [{"input": r.subject, "output": r.object} for r in load_dataset(f"lre/{name}")]
 
 RELATION_SOURCES: dict[str, Callable[[str], list[dict]]] = {"fv": _fv_rows, "lre": _lre_rows}
 
@@ -60,7 +55,6 @@ def relation_rows(source: str) -> list[dict]:
     kind, _, name = source.partition("/")
     if kind not in RELATION_SOURCES or not name:
         raise KeyError(f"relation source {source!r}: expected 'kind/name' with kind in {sorted(RELATION_SOURCES)}")
-    if paths().data is None: raise FileNotFoundError("LABNB_DATA (the data mirror) is not set")
     return RELATION_SOURCES[kind](name)
 
 def build_relation_csv(sources: dict[str, str]|list[str], name: str = "relationA_ex", max_rows: int|None = 200,
