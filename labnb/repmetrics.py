@@ -174,10 +174,12 @@ def _settings_key(texts, pooling, alpha, metrics, max_length) -> str:
 def cached_layer_metrics(table: StatusTable, model_loader: Callable, texts: Sequence[str], *, model_id: str, revision: str,
                          pooling: str = "mean", alpha: float = 1.0, metrics: Sequence[str] = tuple(METRICS),
                          batch_size: int = 16, max_length: int = 128, progress: bool = False) -> list[dict]:
-    "Rows `{model_id, revision, layer, <metric>: value, definitions}` for every layer; computed (one pass) only if missing."
+    """Rows `{model_id, revision, layer, <metric>: value, definitions}` for every layer; computed (one pass) only if missing.
+    A last unit marks the pass complete, so a run killed while writing the layers computes them again."""
     key = _settings_key(texts, pooling, alpha, metrics, max_length)
     prefix = f"{model_id}@{revision}|"
-    rows = [r for r in table.rows(status="completed", group=prefix + key)]
+    done = metrics_unit(model_id, revision, "all", key)
+    rows = table.rows(status="completed", group=prefix + key) if table.is_done(done) else []
     if not rows:
         model, tok = model_loader()
         res = all_layer_metrics(model, tok, texts, pooling=pooling, alpha=alpha, metrics=metrics, batch_size=batch_size,
@@ -187,6 +189,7 @@ def cached_layer_metrics(table: StatusTable, model_loader: Callable, texts: Sequ
             table.add([u], group=prefix + key); table.start(u)
             table.complete(u, {"model_id": model_id, "revision": revision, "layer": l, "pooling": pooling,
                                "metrics": {m: v.to_dict() for m, v in row.items()}})
+        table.add([done], group=f"{prefix}{key}|complete"); table.start(done); table.complete(done, {"layers": len(res)})
         rows = table.rows(status="completed", group=prefix + key)
     out = []
     for r in rows:
