@@ -239,6 +239,7 @@ class OpenAIEngine:
         self.name, self.kind, self.model, self.tokenizer_name = f"openai_{kind}", kind, model, tokenizer or model
         self.base_url, self.max_retries, self.backoff_s, self.backoff_max_s = base_url.rstrip("/"), max_retries, backoff_s, backoff_max_s
         self.pacer, self.rng, self.kv_field = Pacer(max_rpm, max_concurrency), random.Random(seed), kv_field
+        self.timeout_s, self.max_response_bytes = timeout_s, 8 << 20    # one attempt's bounds: time overall, body size
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.Client(timeout=httpx.Timeout(timeout_s), headers=headers,
                                    limits=httpx.Limits(max_connections=max(4, max_concurrency)))
@@ -264,46 +265,84 @@ class OpenAIEngine:
         return min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1) * (1 + 0.25 * self.rng.random()))
 
 # %% ../nbs/33_kv_engines.ipynb #050bec6f
+def _sse_lines(r, deadline: float, limit: int):
+    "Lines of a streamed body; `_Failure` past the attempt's deadline or `limit` bytes, or on a line longer than 1 MiB."
+    buf, total = b"", 0
+    for chunk in r.iter_bytes():
+        total += len(chunk)
+        if total > limit: raise _Failure("BAD_RESPONSE", f"response larger than {limit} bytes")
+        if time.perf_counter() > deadline: raise _Failure("TIMEOUT", "timeout: the response did not finish within timeout_s")
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        if len(buf) > 1 << 20: raise _Failure("BAD_RESPONSE", "a response line longer than 1 MiB")
+        for line in lines: yield line.rstrip(b"\r")
+    if buf: yield buf
+
+def _piece(self, chunk) -> tuple[str|None, str|None, dict]:
+    "(text, finish_reason, usage) of one chunk (streamed or whole); `_Failure('BAD_RESPONSE')` when it has another shape."
+    if not isinstance(chunk, dict): raise _Failure("BAD_RESPONSE", f"a response chunk is not an object: {str(chunk)[:80]!r}")
+    if chunk.get("error"): raise _Failure("HTTP_5XX", f"error in stream: {str(chunk['error'])[:300]}", 500)
+    usage, choices = chunk.get("usage") or {}, chunk.get("choices") or []
+    if not isinstance(usage, dict) or not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        raise _Failure("BAD_RESPONSE", f"unexpected chunk shape: {json.dumps(chunk)[:120]}")
+    text, finish = [], None
+    for ch in choices:
+        holder = ch.get("delta", ch.get("message")) if self.kind == "chat" else ch
+        piece = holder.get("content") if self.kind == "chat" and isinstance(holder, dict) else ch.get("text") if self.kind != "chat" else None
+        if piece is not None and not isinstance(piece, str): raise _Failure("BAD_RESPONSE", f"text is not a string: {piece!r:.80}")
+        if piece: text.append(piece)
+        if isinstance(ch.get("finish_reason"), str): finish = ch["finish_reason"]
+    usage = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+    return "".join(text) or None, finish, usage
+
 def _attempt(self, body: dict, t0: float) -> GenResult:
-    "One streamed HTTP attempt; raises `_Failure` with a classified error."
+    "One streamed HTTP attempt, bounded by `timeout_s` overall and `max_response_bytes`; raises `_Failure` (classified)."
     import httpx
     url = f"{self.base_url}/{'chat/completions' if self.kind == 'chat' else 'completions'}"
     parts, finish, usage, ttfb, done = [], None, {}, None, False
+    deadline = t0 + self.timeout_s
     try:
         with self.client.stream("POST", url, json=body) as r:
             if r.status_code != 200:
-                text = r.read().decode(errors="replace")[:300]
-                raise _Failure(_classify_status(r.status_code), f"HTTP {r.status_code}: {text}", r.status_code, _retry_after(r.headers))
-            for line in r.iter_lines():
-                if not line.startswith("data:"): continue
-                data = line[5:].strip()
-                if data == "[DONE]": done = True; break
-                try: chunk = json.loads(data)
-                except json.JSONDecodeError: raise _Failure("BAD_RESPONSE", f"malformed stream chunk: {data[:120]!r}") from None
-                if chunk.get("error"): raise _Failure("HTTP_5XX", f"error in stream: {chunk['error']}", 500)
-                usage = chunk.get("usage") or usage
-                for ch in chunk.get("choices") or []:
-                    piece = (ch.get("delta") or {}).get("content") if self.kind == "chat" else ch.get("text")
-                    if piece:
+                head = b"".join(_sse_lines(r, deadline, 1 << 16)).decode(errors="replace")[:300]
+                raise _Failure(_classify_status(r.status_code), f"HTTP {r.status_code}: {head}", r.status_code, _retry_after(r.headers))
+            ctype = r.headers.get("content-type", "").split(";")[0].strip().lower()
+            if ctype == "application/json":             # a server that does not stream answers with one JSON object
+                raw = b"\n".join(_sse_lines(r, deadline, self.max_response_bytes))
+                try: whole = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError): raise _Failure("BAD_RESPONSE", f"body is not JSON: {raw[:120]!r}") from None
+                text, finish, usage = _piece(self, whole)
+                parts, done, ttfb = [text or ""], True, time.perf_counter() - t0
+            elif ctype != "text/event-stream":
+                raise _Failure("BAD_RESPONSE", f"unexpected content-type {ctype or '(none)'!r}")
+            else:
+                for line in _sse_lines(r, deadline, self.max_response_bytes):
+                    if not line.startswith(b"data:"): continue
+                    data = line[5:].strip().decode("utf-8", errors="replace")
+                    if data == "[DONE]": done = True; break
+                    try: chunk = json.loads(data)
+                    except json.JSONDecodeError: raise _Failure("BAD_RESPONSE", f"malformed stream chunk: {data[:120]!r}") from None
+                    text, fin, u = _piece(self, chunk)
+                    if text:
                         if ttfb is None: ttfb = time.perf_counter() - t0
-                        parts.append(piece)
-                    finish = ch.get("finish_reason") or finish
+                        parts.append(text)
+                    finish, usage = fin or finish, u or usage
     except httpx.TimeoutException as e: raise _Failure("TIMEOUT", f"timeout: {type(e).__name__}") from None
-    except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as e:
-        raise _Failure("CONNECTION", f"{type(e).__name__}: {e}") from None
+    except httpx.HTTPError as e: raise _Failure("CONNECTION", f"{type(e).__name__}: {str(e)[:200]}") from None
     if not done: raise _Failure("BAD_RESPONSE", "stream ended without [DONE]")
     return GenResult(text="".join(parts), finish_reason=finish, prompt_tokens=usage.get("prompt_tokens"),
                      completion_tokens=usage.get("completion_tokens"), ttfb_s=ttfb, kv_cache_bytes=usage.get("kv_cache_bytes"))
 
 def _http_generate(self, req: GenRequest, on_failure: Callable|None = None) -> GenResult:
-    "Answer one request with retries; the result's `latency_s` spans all attempts."
+    "Answer one request with retries; the result's `latency_s` spans all attempts. Never raises for a server's fault."
     body, t0 = self.payload(req), time.perf_counter()
     for attempt in range(1, self.max_retries + 2):
         try:
             with self.pacer.slot(): res = _attempt(self, body, time.perf_counter())
             res.latency_s = time.perf_counter() - t0
             return res
-        except _Failure as f:
+        except Exception as e:
+            f = e if isinstance(e, _Failure) else _Failure("ENGINE_ERROR", f"{type(e).__name__}: {str(e)[:300]}")
             final = f.error_type not in RETRYABLE or attempt > self.max_retries
             if on_failure: on_failure(attempt=attempt, error_type=f.error_type, status_code=f.status, error=str(f), final=final)
             if final:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from .core import logger
 from .kv_store import KVStore, RunMismatch
 from .kv_prepare import PROMPTS, TASKS, templates_of, styles_of, prompt_hash_of, read_manifest, selected_ids
-from .kv_engines import GenRequest, make_engine
+from .kv_engines import GenRequest, GenResult, make_engine
 
 # %% ../nbs/35_kv_run.ipynb #84fa200b
 @dataclass(frozen=True)
@@ -85,8 +85,12 @@ def _one(self, spec: RunSpec, ex_id: str):
     "Run one request and persist it."
     st, rid = self.store, spec.run_id
     st.start_request(rid, ex_id)
-    res = self.engine.generate(self.request(self.examples()[ex_id], spec),
-                               on_failure=lambda **kw: st.record_failure(rid, ex_id, **kw))
+    try: res = self.engine.generate(self.request(self.examples()[ex_id], spec),
+                                    on_failure=lambda **kw: st.record_failure(rid, ex_id, **kw))
+    except Exception as e:                          # an engine bug fails this request, not the run
+        logger.exception("engine failed on %s / %s", rid, ex_id)
+        res = GenResult(error_type="ENGINE_ERROR", error=f"{type(e).__name__}: {str(e)[:300]}")
+        st.record_failure(rid, ex_id, "ENGINE_ERROR", res.error, final=True)
     st.record_response(rid, ex_id, res.response())
     return res
 

@@ -6,7 +6,7 @@
 __all__ = ['ROUTES', 'Reply', 'serve', 'parse_request', 'kv_app', 'FaultScript']
 
 # %% ../nbs/34_kv_server.ipynb #ab3a41eb
-import contextlib, json, threading, time, uuid
+import contextlib, json, math, socket, threading, time, uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -24,14 +24,48 @@ class Reply:
     delay_s: float = 0.0           # wait before answering
     close_after: int|None = None   # close the connection after this many events (a broken stream)
 
+def _bad(msg: str, status: int = 400) -> Reply:
+    "A JSON error; `param` is the field the message starts with (`'kv.budget: ...'`)."
+    param = msg.split(":", 1)[0] if ":" in msg and " " not in msg.split(":", 1)[0] else None
+    return Reply(status, {"error": {"message": msg, "type": "invalid_request_error", "param": param}})
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
+    timeout = 10.0                                # seconds of silence on a read before the connection is dropped
     def log_message(self, fmt, *args): logger.debug("kv_server: " + fmt, *args)
+    def handle(self):
+        "One request; a client that has not sent its whole request within `request_deadline_s` is cut off."
+        cut = threading.Timer(self.server.request_deadline_s, self._cut); cut.daemon = True; cut.start()
+        self._timer = cut
+        try: super().handle()
+        finally: cut.cancel()
+    def _cut(self):
+        with contextlib.suppress(OSError): self.connection.shutdown(socket.SHUT_RDWR)
+    def _read_body(self) -> bytes|Reply:
+        "The body, exactly Content-Length bytes, or an error reply (400/408/411/413)."
+        raw_n = self.headers.get("Content-Length")
+        if raw_n is None: return b"" if self.command == "GET" else _bad("Content-Length: required for a body", 411)
+        if not raw_n.strip().isdigit(): return _bad(f"Content-Length: expected a non-negative integer, got {raw_n[:40]!r}")
+        n = int(raw_n)
+        if n > self.server.max_body_bytes: return _bad(f"Content-Length: {n} bytes is more than the limit of {self.server.max_body_bytes}", 413)
+        buf = bytearray()
+        try:
+            while len(buf) < n:
+                chunk = self.rfile.read1(n - len(buf))
+                if not chunk: return _bad(f"body: {len(buf)} bytes received, Content-Length said {n}")
+                buf += chunk
+        except (TimeoutError, OSError):
+            return _bad(f"body: {len(buf)} of {n} bytes arrived before the read timeout", 408)
+        return bytes(buf)
     def _handle(self, method: str):
-        n = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(n) if n else b""
-        try: body = json.loads(raw) if raw else {}
-        except json.JSONDecodeError: return self._send(Reply(400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}}))
+        raw = self._read_body()
+        self._timer.cancel()                      # the request is in: answering may take as long as generation takes
+        if isinstance(raw, Reply): return self._send(raw)
+        try: text = raw.decode("utf-8")
+        except UnicodeDecodeError as e: return self._send(_bad(f"body: not UTF-8 (byte {e.start})"))
+        try: body = json.loads(text) if text.strip() else {}
+        except json.JSONDecodeError as e: return self._send(_bad(f"body: not JSON ({e.msg} at line {e.lineno} column {e.colno})"))
+        if not isinstance(body, dict): return self._send(_bad(f"body: expected a JSON object, got a {type(body).__name__}"))
         try: reply = self.server.app(method, self.path, body)
         except Exception as e:
             logger.exception("kv_server app failed")
@@ -51,15 +85,38 @@ class _Handler(BaseHTTPRequestHandler):
                 if r.close_after is not None and i >= r.close_after: break
                 payload = ev if isinstance(ev, str) else json.dumps(ev)
                 self.wfile.write(f"data: {payload}\n\n".encode()); self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError): pass
+        except OSError: pass                       # the client went away (reset, broken pipe, timeout)
     def do_GET(self): self._handle("GET")
     def do_POST(self): self._handle("POST")
 
+class _Server(ThreadingHTTPServer):
+    "A threading server with at most `max_threads` connections at once (more get a 503 and are closed)."
+    daemon_threads = True
+    def __init__(self, addr, app, max_threads: int = 16, max_body_bytes: int = 8 << 20, request_deadline_s: float = 30.0):
+        super().__init__(addr, _Handler)
+        self.app, self.max_body_bytes, self.request_deadline_s = app, max_body_bytes, request_deadline_s
+        self.slots = threading.BoundedSemaphore(max_threads)
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                msg = json.dumps({"error": {"message": "server busy: too many connections", "type": "server_error"}}).encode()
+                request.settimeout(1.0)
+                request.sendall(b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+                                + f"Content-Length: {len(msg)}\r\n\r\n".encode() + msg)
+            self.shutdown_request(request); return
+        super().process_request(request, client_address)
+    def process_request_thread(self, request, client_address):
+        try: super().process_request_thread(request, client_address)
+        finally: self.slots.release()
+
 @contextlib.contextmanager
-def serve(app: Callable, max_seconds: float = 600.0, port: int = 0):
-    "Serve `app` on 127.0.0.1 (a free port by default) in a thread; yields the base URL ending in `/v1`."
-    srv = ThreadingHTTPServer(("127.0.0.1", port), _Handler)
-    srv.daemon_threads, srv.app = True, app
+def serve(app: Callable, max_seconds: float = 600.0, port: int = 0, max_threads: int = 16, read_timeout_s: float = 10.0,
+          request_deadline_s: float = 30.0, max_body_bytes: int = 8 << 20):
+    """Serve `app` on 127.0.0.1 (a free port by default) in a thread; yields the base URL ending in `/v1`.
+    A read that waits `read_timeout_s`, or a request not fully received after `request_deadline_s`, drops the connection;
+    at most `max_threads` connections are served at once."""
+    srv = _Server(("127.0.0.1", port), app, max_threads, max_body_bytes, request_deadline_s)
+    srv.RequestHandlerClass = type("_BoundHandler", (_Handler,), {"timeout": read_timeout_s})
     th = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True); th.start()
     timer = threading.Timer(max_seconds, srv.shutdown); timer.daemon = True; timer.start()
     try: yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
@@ -87,13 +144,32 @@ def _usage(res: GenResult) -> dict:
     return {"prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
             "total_tokens": (res.prompt_tokens or 0) + (res.completion_tokens or 0), "kv_cache_bytes": res.kv_cache_bytes}
 
-def _bad(msg: str, status: int = 400) -> Reply:
-    return Reply(status, {"error": {"message": msg, "type": "invalid_request_error"}})
-
 ROUTES = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 
+def _is_int(x) -> bool: return isinstance(x, int) and not isinstance(x, bool)
+def _is_num(x) -> bool: return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+def _kv_field(kv, prompt: str) -> dict:
+    "The checked `kv` extension object: press, budget_kind, budget, the prompt split and style."
+    if kv is None: kv = {}
+    if not isinstance(kv, dict): raise ValueError(f"kv: expected an object, got {type(kv).__name__}")
+    press, kind, budget = kv.get("press", "none"), kv.get("budget_kind", "ratio"), kv.get("budget", 1.0)
+    from labnb.kv_engines import PRESSES
+    if not isinstance(press, str) or press not in PRESSES: raise ValueError(f"kv.press: unknown press {press!r} (known: {', '.join(PRESSES)})")
+    if kind not in ("ratio", "tokens"): raise ValueError(f"kv.budget_kind: expected 'ratio' or 'tokens', got {kind!r}")
+    if not _is_num(budget): raise ValueError(f"kv.budget: expected a number, got {budget!r}")
+    if kind == "ratio" and not 0 < budget <= 1: raise ValueError(f"kv.budget: a ratio budget is in (0, 1], got {budget}")
+    if kind == "tokens" and not (budget >= 1 and float(budget).is_integer()): raise ValueError(f"kv.budget: a token budget is a whole number >= 1, got {budget}")
+    cc, ac = kv.get("context_chars"), kv.get("answer_prefix_chars", 0)
+    if cc is not None and not (_is_int(cc) and _is_int(ac) and 0 <= cc and 0 <= ac and cc + ac + 1 <= len(prompt)):
+        raise ValueError("kv.context_chars / kv.answer_prefix_chars: do not fit the prompt")
+    style = kv.get("prompt_style")
+    if style not in (None, "", "plain", "chat"): raise ValueError(f"kv.prompt_style: expected 'plain' or 'chat', got {style!r}")
+    return dict(press=press, budget_kind=kind, budget=float(budget), context_chars=cc, answer_prefix_chars=ac, prompt_style=style)
+
 def parse_request(kind: str, body: dict, max_new_tokens_cap: int = 512) -> GenRequest:
-    "A `GenRequest` from an OpenAI request body with labnb's optional `kv` field; `ValueError` names the bad field."
+    "A `GenRequest` from an OpenAI request body with labnb's optional `kv` field; `ValueError` starts with the bad field."
+    if not isinstance(body, dict): raise ValueError(f"body: expected a JSON object, got {type(body).__name__}")
     if kind == "chat":
         msgs = body.get("messages")
         if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs):
@@ -103,24 +179,23 @@ def parse_request(kind: str, body: dict, max_new_tokens_cap: int = 512) -> GenRe
         prompt = body.get("prompt")
         if not isinstance(prompt, str): raise ValueError("prompt: expected a string")
     mt = body.get("max_tokens", 16)
-    if not isinstance(mt, int) or not 1 <= mt <= max_new_tokens_cap: raise ValueError(f"max_tokens: expected an int in 1..{max_new_tokens_cap}")
+    if not _is_int(mt) or not 1 <= mt <= max_new_tokens_cap: raise ValueError(f"max_tokens: expected an int in 1..{max_new_tokens_cap}, got {mt!r}")
     temp = body.get("temperature", 0)
-    if not isinstance(temp, (int, float)) or temp != 0: raise ValueError("temperature: this server decodes greedily (0 only)")
-    stop = body.get("stop") or []
-    stop = [stop] if isinstance(stop, str) else stop
-    kv = body.get("kv") or {}
-    if not isinstance(kv, dict): raise ValueError("kv: expected an object")
-    cc, ac = kv.get("context_chars"), kv.get("answer_prefix_chars", 0)
+    if not _is_num(temp) or temp != 0: raise ValueError(f"temperature: this server decodes greedily (0 only), got {temp!r}")
+    stop = body.get("stop")
+    stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    if not isinstance(stop, list) or len(stop) > 8 or not all(isinstance(s, str) for s in stop):
+        raise ValueError(f"stop: expected a string or a list of at most 8 strings, got {body.get('stop')!r}")
+    if not isinstance(body.get("stream", False), bool): raise ValueError(f"stream: expected true or false, got {body.get('stream')!r}")
+    kv = _kv_field(body.get("kv"), prompt)
+    cc, ac = kv["context_chars"], kv["answer_prefix_chars"]
     if cc is None: ctx, q, a = prompt, "", ""
     else:
-        if not (isinstance(cc, int) and isinstance(ac, int) and 0 <= cc and cc + ac + 1 <= len(prompt)):
-            raise ValueError("kv.context_chars / kv.answer_prefix_chars: do not fit the prompt")
         ctx, tail = prompt[:cc], prompt[cc:]
         q, a = tail[:len(tail) - ac - 1], tail[len(tail) - ac:]
-    style = kv.get("prompt_style") or ("chat" if kind == "chat" else "plain")
-    if style not in ("plain", "chat"): raise ValueError(f"kv.prompt_style: expected 'plain' or 'chat', got {style!r}")
-    return GenRequest(ctx, q, a, press=kv.get("press", "none"), budget_kind=kv.get("budget_kind", "ratio"),
-                      budget=float(kv.get("budget", 1.0)), max_new_tokens=mt, stop=list(stop), temperature=0.0, prompt_style=style)
+    style = kv["prompt_style"] or ("chat" if kind == "chat" else "plain")
+    return GenRequest(ctx, q, a, press=kv["press"], budget_kind=kv["budget_kind"], budget=kv["budget"], max_new_tokens=mt,
+                      stop=list(stop), temperature=0.0, prompt_style=style)
 
 # %% ../nbs/34_kv_server.ipynb #ebd52246
 def kv_app(engine, model_name: str|None = None, max_new_tokens_cap: int = 512) -> Callable:
@@ -133,8 +208,6 @@ def kv_app(engine, model_name: str|None = None, max_new_tokens_cap: int = 512) -
         if method != "POST" or kind is None: return _bad(f"no route {method} {path}", 404)
         try: req = parse_request(kind, body, max_new_tokens_cap)
         except ValueError as e: return _bad(str(e))
-        from labnb.kv_engines import PRESSES
-        if req.press not in PRESSES: return _bad(f"kv.press: unknown press {req.press!r}")
         rid = f"cmpl-{uuid.uuid4().hex[:12]}"
         if not body.get("stream"):
             res = engine.generate(req)
