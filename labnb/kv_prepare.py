@@ -16,6 +16,7 @@ import numpy as np
 
 from .core import paths, logger, now_iso, provenance
 from .store import atomic_write_json
+from .kv_config import redact_secrets
 from .kv_store import KVStore, example_id, dataset_hash
 
 # %% ../nbs/32_kv_prepare.ipynb #3ffdb387
@@ -239,7 +240,7 @@ def prepare(cfg, tokenizer=None, progress: bool = True) -> dict:
     man = dict(group=cfg.group, created=now_iso(), tokenizer=tok_name, prompt_style=styles_of(cfg),
                prompt_template_hash=prompt_hash_of(cfg), dataset_hash=dataset_hash(examples),
                n_examples=len(examples), n_bins=p.n_bins, per_bin=p.per_bin, seed=p.seed, tasks=tasks_out,
-               config=cfg.prepare.to_dict(), **{k: v for k, v in provenance(p.seed).items() if k in ("git", "versions")})
+               config=redact_secrets(cfg.prepare.to_dict()), **{k: v for k, v in provenance(p.seed).items() if k in ("git", "versions")})
     atomic_write_json(cfg.root / "manifest.json", man)
     logger.info("prepared %d examples (%s) in %s", len(examples), ", ".join(tasks_out), cfg.root)
     return man

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .core import logger
+from .kv_config import redact_secrets
 from .kv_store import KVStore, RunMismatch
 from .kv_prepare import PROMPTS, TASKS, templates_of, styles_of, prompt_hash_of, read_manifest, selected_ids
 from .kv_engines import GenRequest, GenResult, make_engine
@@ -69,7 +70,7 @@ class KVRunner:
     def open_run(self, spec: RunSpec) -> dict:
         e = self.cfg.engine
         return self.store.ensure_run(spec.run_id, spec.press, spec.budget_kind, spec.budget, e.model, self.guards["tokenizer"],
-                                     self.guards["prompt_template_hash"], self.guards["dataset_hash"], self.cfg.to_dict(),
+                                     self.guards["prompt_template_hash"], self.guards["dataset_hash"], redact_secrets(self.cfg.to_dict()),
                                      engine=e.name, force=self.cfg.run.force)
     def add(self, spec: RunSpec, ids, round: int = 0) -> int:
         exs = self.examples()
