@@ -94,3 +94,77 @@ def test_missing_baseline_fails_loudly(tmp_path):
     ar = ArmRewards("tiny", {"a": 0, "b": 1}, "b", cfg, tmp_path, loader=lambda s: tiny_model("llama", seed=s))
     with pytest.raises(MissingBaseline, match="no stored score"):
         ar.stored_baseline()
+
+
+# ---- the workflow: budgeted by default, reference on request, resumable after SIGKILL, one-line config errors ----
+
+import pandas as pd
+from labnb.bandit_run import load_bandit_config, main as bandit_main, run_layer_bandit
+
+SMOKE = """\
+grid: tiny
+corpus_max_examples_per_task: 4
+corpus_cache_path: {t}/corpus.json
+reference_cache_dir: {t}/reference
+reward: {{tasks: [SST2], n_test: 30, samples_per_label: 4, n_experiments: 2, n_boot: 2}}
+bandit: {{budget: 4, alpha: 0.5}}
+"""
+
+
+def _smoke(tmp_path) -> Path:
+    f = tmp_path / "smoke.yaml"; f.write_text(SMOKE.format(t=tmp_path)); return f
+
+
+def test_default_run_is_budgeted_and_reference_is_cached(tmp_path):
+    cfg = load_bandit_config(_smoke(tmp_path), [f"output_dir={tmp_path}/a"])
+    assert cfg.reference == "none" and cfg.bandit.algorithm == "linucb"
+    r = run_layer_bandit(cfg)
+    assert r.reference is None and "gap" not in r.summary
+    assert r.summary["arms_evaluated"] < len(r.feats)                  # evaluations saved
+    assert not (tmp_path / "reference").exists()
+    brute = run_layer_bandit(cfg.replace(reference="brute", output_dir=f"{tmp_path}/b"))
+    assert brute.summary["arms_evaluated"] == len(r.feats) and brute.summary["gap"] >= 0
+    again = run_layer_bandit(cfg.replace(reference="brute", output_dir=f"{tmp_path}/c", bandit=cfg.bandit.replace(algorithm="random")))
+    assert again.summary["arms_evaluated"] < len(r.feats)              # the reference came from the cache
+    pd.testing.assert_frame_equal(again.reference, brute.reference)
+
+
+def test_workflow_resumes_after_sigkill(tmp_path):
+    f = _smoke(tmp_path)
+    cmd = [sys.executable, "-c", "import sys; from labnb.bandit_run import main; sys.exit(main(sys.argv[1:]))",
+           "run", str(f), "-q", "-s", f"output_dir={tmp_path}/killed"]
+    progress = tmp_path / "killed" / "bandit_progress.csv"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    p = subprocess.Popen(cmd, env=env)
+    n, deadline = 0, time.time() + 240
+    try:
+        while time.time() < deadline and p.poll() is None:
+            if progress.exists() and (n := len(pd.read_csv(progress))) >= 1: break
+            time.sleep(0.02)
+        p.send_signal(signal.SIGKILL)
+    finally: p.wait()
+    assert 1 <= n < 4, n
+    shown = pd.read_csv(progress)                                       # the trajectory so far is on disk
+    assert 1 <= len(shown) < 4
+    cfg = load_bandit_config(f, [f"output_dir={tmp_path}/killed"])
+    resumed = run_layer_bandit(cfg)
+    fresh = run_layer_bandit(cfg.replace(output_dir=f"{tmp_path}/fresh"))
+    assert list(resumed.pulls.arm) == list(fresh.pulls.arm)
+    np.testing.assert_allclose(resumed.pulls.reward, fresh.pulls.reward, rtol=1e-6)   # two processes: documented tolerance
+    assert list(resumed.pulls.arm[:len(shown)]) == list(shown.arm)
+    attempts = {r.unit: r.attempts for r in resumed.rewards.table.rows(status="completed")}
+    finished_before = {u for u, a in attempts.items() if any(f"@{arm.replace('/L', '|L')}|" in u for arm in shown.arm)}
+    assert all(attempts[u] == 1 for u in finished_before)               # no finished arm evaluated twice
+    assert len(pd.read_csv(progress)) == 4
+
+
+@pytest.mark.parametrize("yaml_text,needle", [("bandit:\n  algorithm: ucb1\n", "bandit.algorithm: unknown 'ucb1'"),
+                                              ("reward:\n  aggregation: median\n", "reward.aggregation: unknown 'median'"),
+                                              ("reward:\n  tasks: [STSB]\n  n_boot: x\n", "reward.n_boot: expected int"),
+                                              ("reference: all\n", "reference: unknown 'all'"),
+                                              ("grid: [\n", "invalid YAML")])
+def test_bad_config_exits_2_with_one_line(tmp_path, capsys, yaml_text, needle):
+    f = tmp_path / "bad.yaml"; f.write_text(yaml_text)
+    assert bandit_main(["run", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and str(f) in err, err
