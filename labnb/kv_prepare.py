@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from .core import paths, logger, now_iso, provenance
+from .data import DataError
 from .store import atomic_write_json
 from .kv_config import redact_secrets
 from .kv_store import KVStore, example_id, dataset_hash
@@ -200,6 +201,20 @@ def styles_of(cfg) -> dict[str, str]:
 
 def prompt_hash_of(cfg) -> str: return prompt_hash(templates_of(cfg), styles_of(cfg))
 
+def _check_example(e, t, i: int) -> dict:
+    "An example of task `t` as its loader gave it; a `DataError` names the source, the record and the field otherwise."
+    src, rec = t.path or f"task {t.name}", f"record {i + 1}" + (f" (id {e['meta'].get('_id') or e['meta'].get('source_id')})"
+                                                             if isinstance(e, dict) and isinstance(e.get("meta"), dict) and
+                                                             (e["meta"].get("_id") or e["meta"].get("source_id")) else "")
+    if not isinstance(e, dict): raise DataError(f"expected an example object, got {type(e).__name__}", src, rec)
+    for k in ("question", "context"):
+        if not isinstance(e.get(k), str): raise DataError(f"expected a string, got {type(e.get(k)).__name__}", src, rec, k)
+    a = e.get("answers")
+    if not isinstance(a, (list, tuple)) or not a or not all(isinstance(x, str) and x.strip() for x in a):
+        raise DataError(f"expected a non-empty list of non-empty strings, got {str(a)[:60]}", src, rec, "answers")
+    if not e["context"].strip(): raise DataError("empty context", src, rec, "context")
+    return e
+
 def prepare(cfg, tokenizer=None, progress: bool = True) -> dict:
     "Prepare the examples of a `KVConfig`; returns the manifest (also written to `<root>/manifest.json`)."
     from tqdm.auto import tqdm
@@ -211,7 +226,7 @@ def prepare(cfg, tokenizer=None, progress: bool = True) -> dict:
     names = [t.name for t in p.tasks]
     if len(set(names)) != len(names): raise ValueError(f"prepare.tasks: a task appears twice in {names}")
     for ti, t in enumerate(p.tasks):
-        raw = TASKS[t.name].load(t, p.seed)
+        raw = [_check_example(e, t, i) for i, e in enumerate(TASKS[t.name].load(t, p.seed))]
         tmpl = PROMPTS[templates[t.name]]
         rows, seen = [], set()
         for e in tqdm(raw, desc=f"tokens {t.name}", disable=not progress):
@@ -257,4 +272,12 @@ def read_manifest(cfg) -> dict:
     "The manifest of a prepared group (an error telling to run `prepare` first when absent)."
     f = cfg.root / "manifest.json"
     if not f.is_file(): raise FileNotFoundError(f"{f} not found: run `labnb kv prepare` first")
-    return json.loads(f.read_text())
+    try: man = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"not valid JSON ({getattr(e, 'msg', e)}); move it aside and run `labnb kv prepare` again",
+                        f, getattr(e, "lineno", None)) from None
+    need = ("dataset_hash", "tokenizer", "prompt_template_hash", "tasks")
+    if not isinstance(man, dict) or (miss := [k for k in need if k not in man]):
+        raise DataError("not a KV manifest (missing field); move it aside and run `labnb kv prepare` again", f,
+                        field=miss[0] if isinstance(man, dict) else None)
+    return man

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['SCHEMA_VERSION', 'ERROR_TYPES', 'REQUEST_STATUSES', 'SCHEMA', 'RESPONSE_FIELDS', 'RUN_GUARDS', 'SCORE_FIELDS',
-           'RunMismatch', 'KVStore', 'example_id', 'dataset_hash']
+           'RunMismatch', 'StoreCorrupt', 'KVStore', 'example_id', 'dataset_hash']
 
 # %% ../nbs/30_kv_store.ipynb #7433a9e2
 import contextlib, hashlib, json, sqlite3, time
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .core import logger
+from .data import DataError
 from .store import _jsonable
 
 # %% ../nbs/30_kv_store.ipynb #bbe6d740
@@ -50,15 +51,29 @@ RUN_GUARDS = ("model", "tokenizer", "prompt_template_hash", "dataset_hash")
 class RunMismatch(ValueError):
     "An existing run was planned with another model, tokenizer, prompt template or dataset."
 
+class StoreCorrupt(DataError):
+    "The SQLite file of a group cannot be read (not a database, truncated, malformed)."
+
+def _is_corruption(e) -> bool:
+    "sqlite3 reports a damaged file as a plain `DatabaseError` (not a lock, constraint or SQL error)."
+    return type(e) is sqlite3.DatabaseError or (isinstance(e, sqlite3.OperationalError) and "unable to open" in str(e))
+
+def _corrupt(path, e) -> StoreCorrupt:
+    return StoreCorrupt(f"not a readable SQLite database ({e}); move it aside (mv {path} {path}.broken) and run "
+                        "`labnb kv prepare` again to start a new store", path)
+
 def _dumps(x) -> str: return json.dumps(x, default=_jsonable, ensure_ascii=False)
 
 class KVStore:
     "The SQLite file of one KV experiment group."
     def __init__(self, path):
         self.path = Path(path); self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.closing(sqlite3.connect(self.path, timeout=60)) as c:
-            c.execute("PRAGMA journal_mode=WAL")
-            c.executescript(SCHEMA + f"INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');")
+        if self.path.exists() and not self.path.is_file(): raise StoreCorrupt("is not a file", self.path)
+        try:
+            with contextlib.closing(sqlite3.connect(self.path, timeout=60)) as c:
+                c.execute("PRAGMA journal_mode=WAL")
+                c.executescript(SCHEMA + f"INSERT OR IGNORE INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');")
+        except sqlite3.DatabaseError as e: raise _corrupt(self.path, e) from None
     @contextlib.contextmanager
     def tx(self):
         "A connection inside one transaction: committed on exit, rolled back on error."
@@ -68,8 +83,9 @@ class KVStore:
             c.execute("PRAGMA journal_mode=WAL"); c.execute("PRAGMA synchronous=NORMAL"); c.execute("BEGIN IMMEDIATE")
             yield c
             c.execute("COMMIT")
-        except BaseException:
+        except BaseException as e:
             if c.in_transaction: c.execute("ROLLBACK")
+            if _is_corruption(e): raise _corrupt(self.path, e) from None
             raise
         finally: c.close()
     def query(self, sql: str, args=()) -> list[dict]:
