@@ -21,7 +21,7 @@ import torch
 from .core import Config, ConfigError, logger, provenance
 from .store import StatusTable, atomic_path, atomic_write, atomic_write_json, read_json
 from .models import model_spec, model_meta
-from .fv import (PromptFormat, read_relation_csv, sample_trials, clean_prompt, corrupted_prompt, zeroshot_prompt,
+from .fv import (PromptFormat, read_relation_csv, check_relations, sample_trials, clean_prompt, corrupted_prompt, zeroshot_prompt,
                       encode, answer_token, score_prompts, score_injected, prefix_cache, indirect_effects, top_heads, random_heads, function_vector,
                       bootstrap_topk, plot_aie, q_seed, PATCH_METHODS)
 
@@ -294,8 +294,14 @@ def tokenizer_id(tok) -> dict:
 def run_fv_qwise(model, tok, relations, out_dir, cfg: FVConfig|None = None, q_ids=None, progress: bool = True) -> dict:
     "Run the pipeline for every q_id of a relation file (path or DataFrame); returns `{q_id: status row}`."
     cfg = cfg or FVConfig()
+    df = (check_relations(relations, "relations (DataFrame)") if isinstance(relations, pd.DataFrame)
+          else read_relation_csv(relations))                      # bad input: one DataError, before anything is written
+    groups = {str(q): g.reset_index(drop=True) for q, g in df.groupby("q_id", sort=False)}
+    if q_ids is not None:
+        unknown = [q for q in q_ids if str(q) not in groups]
+        if unknown: raise ConfigError("q_ids", f"{unknown} not in the relation file; it has {sorted(groups)}")
+        groups = {str(q): groups[str(q)] for q in q_ids}
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
-    df = relations if isinstance(relations, pd.DataFrame) else read_relation_csv(relations)
     meta = {"config": cfg.to_dict(), "model": model_meta(model), "spec": {k: getattr(model_spec(model), k) for k in
             ("arch", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_model")}, "tokenizer": tokenizer_id(tok)}
     mf = out_dir / "fv_meta.json"
@@ -305,11 +311,6 @@ def run_fv_qwise(model, tok, relations, out_dir, cfg: FVConfig|None = None, q_id
             if old[k] != json.loads(json.dumps(meta[k])):
                 raise ConfigError(k, f"{out_dir} was run with another {k}: {old[k]} (now {meta[k]}); use a new folder")
     else: atomic_write_json(mf, {**meta, **provenance({"seed": cfg.seed})})
-    groups = {str(q): g.reset_index(drop=True) for q, g in df.groupby("q_id", sort=False)}
-    if q_ids is not None:
-        unknown = [q for q in q_ids if str(q) not in groups]
-        if unknown: raise KeyError(f"q_id(s) {unknown} not in the relation file; have {sorted(groups)}")
-        groups = {str(q): groups[str(q)] for q in q_ids}
     status = StatusTable(out_dir / "status.sqlite")
     status.add(groups)
     extra = {q: {"n_rows": len(g)} for q, g in groups.items()}

@@ -6,6 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
+from labnb.core import ConfigError
+from labnb.data import DataError
+
 from labnb.models import tiny_model, model_spec
 from labnb.hooks import hook_module, head_weight
 from labnb.fv import (PromptFormat, sample_trials, encode, answer_token, score_prompts, score_injected, indirect_effects,
@@ -81,9 +84,42 @@ def test_skip_rule_and_status(tmp_path):
     assert disk["few"]["status"] == "skipped" and disk["ant"]["status"] == "completed"
     assert qid_complete(q_dir(tmp_path, "ant"), model_spec(model).n_layers)
 
-def test_bad_relation_file(tmp_path):
-    (tmp_path / "r.csv").write_text("q_id,input,answer\nx,a,b\n")
-    with pytest.raises(ValueError, match="missing column"): read_relation_csv(tmp_path / "r.csv")
+BAD_RELATIONS = {                     # file text, the line and the field the one-line error must name
+    "header_only": ("q_id,input,output\n", "line 2", None),
+    "empty": ("", "line 1", None),
+    "ragged": ("q_id,input,output\nant,hot,cold\nant,up,down,x\n", "line 3", None),
+    "missing_column": ("q_id,input,answer\nant,hot,cold\n", "line 1", "output"),
+    "empty_cell": ("q_id,input,output\nant,hot,cold\n\nant,up, \n", "line 4", "output"),
+}
+
+@pytest.mark.parametrize("name", BAD_RELATIONS)
+def test_bad_relation_file(tmp_path, name):
+    text, line, field = BAD_RELATIONS[name]
+    f = tmp_path / f"{name}.csv"; f.write_text(text)
+    model, tok = tiny_model("llama")
+    with pytest.raises(DataError) as e: run_fv_qwise(model, tok, f, tmp_path / "out", CFG, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and f"{name}.csv, {line}" in msg and (field is None or f"field '{field}'" in msg), msg
+    assert not (tmp_path / "out").exists()                          # nothing written
+
+def test_bad_relation_dataframe(tmp_path):
+    model, tok = tiny_model("llama")
+    for df, want in ((pd.DataFrame(), "field 'q_id': missing column"), (relation(False).head(0), "no rows"),
+                     (relation(False).assign(output=["x"] * 6 + [None]), "row 6, field 'output': empty value")):
+        with pytest.raises(DataError, match=want): run_fv_qwise(model, tok, df, tmp_path / "out", CFG, progress=False)
+    with pytest.raises(ConfigError, match="q_ids"): run_fv_qwise(model, tok, relation(), tmp_path / "o", CFG, q_ids=["x"])
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
+
+def test_template_reports_bad_relation_file(tmp_path, capsys):
+    "`labnb run fv_qwise -p relation_file F` with a header-only file fails, its first error line naming file and line."
+    from labnb.cli import main
+    from labnb.runner import scratch_home
+    f = tmp_path / "header_only.csv"; f.write_text("q_id,input,output\n")
+    with scratch_home(("fv_qwise",)) as h:
+        rc = main(["run", "fv_qwise", "-q", "-p", "relation_file", str(f)])
+        assert not list((h / "results" / "fv_qwise").rglob("metrics.json"))
+    err = capsys.readouterr().err
+    assert rc != 0 and "header_only.csv, line 2: no rows" in err.splitlines()[0], err
 
 KILL_SCRIPT = textwrap.dedent('''
     import os, signal, sys, pandas as pd, torch
