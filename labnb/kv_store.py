@@ -232,11 +232,15 @@ def _record_response(self, run_id: str, example_id: str, response: dict):
 
 def _record_failure(self, run_id: str, example_id: str, error_type: str, error: str, attempt: int|None = None,
                     status_code: int|None = None, final: bool = False):
-    "Append one failed attempt to the failure log."
+    """Append one failed attempt to the failure log; its `attempt` number continues the request's earlier attempts,
+    across invocations (the engine's own count, which restarts with every call, only matters when it is larger)."""
     if error_type not in ERROR_TYPES: raise ValueError(f"error_type must be one of {ERROR_TYPES}, got {error_type!r}")
     with self.tx() as c:
+        prev = c.execute("SELECT COALESCE(MAX(attempt), 0) FROM failures WHERE run_id=? AND example_id=?", (run_id, example_id)).fetchone()[0]
+        n = max(prev + 1, attempt or 0)
         c.execute("INSERT INTO failures (run_id, example_id, attempt, error_type, status_code, error, final, created) VALUES (?,?,?,?,?,?,?,?)",
-                  (run_id, example_id, attempt, error_type, status_code, error, int(final), time.time()))
+                  (run_id, example_id, n, error_type, status_code, error, int(final), time.time()))
+    return n
 
 def _request_counts(self, run_id: str) -> dict:
     got = {r["status"]: r["n"] for r in self.query("SELECT status, COUNT(*) AS n FROM requests WHERE run_id=? GROUP BY status", (run_id,))}
