@@ -13,7 +13,7 @@ __all__ = ['RECORD_KINDS', 'SOURCE_URLS', 'HUB_EXPORTS', 'DATASETS', 'FV_TASKS',
            'format_kv', 'build_kv', 'build_nq', 'build_longbench', 'load_longbench', 'available']
 
 # %% ../nbs/04_data.ipynb #d9d5a09e
-import builtins, csv, dataclasses, functools, gzip, hashlib, io, json, os, re, zipfile
+import builtins, contextlib, csv, dataclasses, functools, gzip, hashlib, io, json, os, re, zipfile, zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -27,6 +27,7 @@ class DataError(ValueError):
         self.file, self.line, self.field = (str(file) if file is not None else None), line, field
         loc = ", ".join(p for p in (self.file, f"line {line}" if isinstance(line, int) else line,
                                     f"field '{field}'" if field else None) if p)
+        msg = " ".join(str(msg).split())            # always one line
         super().__init__(f"{loc}: {msg}" if loc else msg)
 
 # %% ../nbs/04_data.ipynb #84830c46
@@ -150,11 +151,29 @@ class Row:
 def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8", newline="")
 
+@contextlib.contextmanager
+def _reading(path: Path, line: Callable[[], int|None] = lambda: None):
+    "Turn a decoding failure while reading `path` (bad gzip stream, not UTF-8) into a `DataError` at `line()`."
+    try: yield
+    except UnicodeDecodeError as e: raise DataError(f"not UTF-8 text ({e.reason} at byte {e.start} of the line)", path, line()) from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DataError(f"corrupt or truncated gzip file ({type(e).__name__}: {e})", path, line()) from None
+
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     "(1-based line number, line without its newline) for every non-blank line of a text file (gzip allowed)."
-    with _open_text(path) as f:
-        for i, line in enumerate(f, 1):
+    at = [1]
+    with _reading(path, lambda: at[0]), (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        for i, raw in enumerate(f, 1):
+            at[0] = i
+            line = raw.decode("utf-8")                  # line by line, so a decoding error names its line
+            at[0] = i + 1
             if line.strip(): yield i, line.rstrip("\r\n")
+
+def _read_text(path: Path) -> str:
+    "The whole text of `path`; an empty file or one that is not UTF-8 is a `DataError`."
+    with _reading(path, lambda: 1): text = path.read_text(encoding="utf-8")
+    if not text.strip(): raise DataError("empty file", path, 1)
+    return text
 
 def read_jsonl(path) -> Iterator[Row]:
     "One JSON object per line (gzip allowed); blank lines are skipped."
@@ -186,7 +205,7 @@ def _array_items(text: str, pos: int, path: Path) -> Iterator[tuple[int, Any]]:
 def read_json_array(path, key: str|None = None) -> Iterator[Row]:
     "The objects of a top-level JSON array (or of the array under `key` of a top-level object), with their line."
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = _read_text(path)
     pos = len(text) - len(text.lstrip())
     if key is not None:
         try: top = json.loads(text)
@@ -207,11 +226,14 @@ def read_tsv(path, columns: list[str]|None = None, header: bool = True, min_fiel
     else `columns` does. Rows with fewer than `min_fields` (default: all named) fields are errors; extra fields are
     kept as `extra_0`, `extra_1`, ..."""
     path = Path(path)
+    if header and not any(True for _ in _lines(path)): raise DataError("empty file (no header line)", path, 1)
     for i, line in _lines(path):
         if header:
             cols, header = line.lstrip("\ufeff").split("\t"), False
             if columns is not None and cols[:len(columns)] != list(columns):
-                raise DataError(f"header {cols} does not start with {list(columns)}", path, i)
+                missing = [c for c in columns if c not in cols]
+                raise DataError(f"header {cols} does not start with {list(columns)}" + (" (column missing)" if missing else ""),
+                                path, i, (missing or [c for c, h in zip(columns, cols) if c != h])[0])
             columns = cols; continue
         parts = line.split("\t")
         need = min_fields if min_fields is not None else len(columns)
@@ -225,11 +247,16 @@ def read_tsv(path, columns: list[str]|None = None, header: bool = True, min_fiel
 def read_csv(path, columns: list[str]) -> Iterator[Row]:
     "A quoted CSV with a header that must equal `columns`; each row must have exactly that many fields."
     path = Path(path)
-    with _open_text(path) as f:
+    rd = None
+    with _reading(path, lambda: (rd.line_num + 1) if rd is not None else 1), _open_text(path) as f:
         rd = csv.reader(f)
         try: head = next(rd)
         except StopIteration: raise DataError("empty file", path, 1) from None
-        if [h.lstrip("\ufeff") for h in head] != list(columns): raise DataError(f"header {head} != {list(columns)}", path, 1)
+        head = [h.lstrip("\ufeff") for h in head]
+        if head != list(columns):
+            missing = [c for c in columns if c not in head]
+            raise DataError(f"header {head} != {list(columns)}" + (" (column missing)" if missing else ""), path, 1,
+                            (missing or [c for c, h in zip(columns, head) if c != h] or [columns[-1]])[0])
         start = rd.line_num
         for parts in rd:
             line, start = start + 1, rd.line_num
@@ -407,6 +434,7 @@ def _label_file(rel: str) -> list[str]:
 def _load_file(name: str, split: str, path: Path, mtime: float, kw: tuple) -> tuple:
     spec = DATASETS[name]
     recs = [r for row in spec.reader(path) for r in spec.build(row, spec, split, **spec.options, **dict(kw))]
+    if not recs: raise DataError(f"{name} [{split}]: no records (empty dataset)", path)
     return tuple(dedupe_ids(recs))
 
 def load_dataset(name: str, split: str|None = None, limit: int|None = None, **kw) -> list:
@@ -486,7 +514,10 @@ LRE_RELATIONS = {
 def read_lre(path) -> Iterator[Row]:
     "An LRE relation file: checks the relation header, then yields each sample with the relation under `_relation`."
     path = Path(path)
-    top = Row(json.loads(path.read_text(encoding="utf-8")), str(path), 1)
+    try: data = json.loads(_read_text(path))
+    except json.JSONDecodeError as e: raise DataError(f"invalid JSON: {e.msg}", path, e.lineno) from None
+    if not isinstance(data, dict): raise DataError(f"expected a JSON object (an LRE relation), got {type(data).__name__}", path, 1)
+    top = Row(data, str(path), 1)
     rel = {"name": top.str("name"), "prompt_templates": top.list("prompt_templates"),
            "prompt_templates_zs": top.list("prompt_templates_zs"), "properties": top.get("properties", (dict,))}
     for i, t in enumerate(rel["prompt_templates"] + rel["prompt_templates_zs"]):

@@ -4,10 +4,11 @@
 
 # %% auto #0
 __all__ = ['ACTIVATIONS', 'INPUT_MODES', 'CONTROLS', 'BASELINES', 'PAIR_FIELDS', 'RNDConfig', 'RunningMeanStd', 'mlp', 'RND',
-           'PairInputs', 'score', 'train_rnd', 'calibration_scores', 'calibrate', 'cohens_d', 'auroc', 'novelty_stats',
-           'derangement', 'check_differs', 'shuffled_control', 'gaussian_control', 'make_controls', 'knn_scores',
-           'mahalanobis_scores', 'pair_texts', 'GroupSpec', 'pair_embeddings', 'evaluate', 'NoveltyExperiment',
-           'run_seeds', 'stats_table', 'summarize', 'curves_table', 'scores_table']
+           'PairInputs', 'score', 'error_vectors', 'train_rnd', 'calibration_scores', 'calibrate', 'cohens_d', 'auroc',
+           'novelty_stats', 'derangement', 'check_differs', 'shuffled_control', 'gaussian_control', 'make_controls',
+           'knn_scores', 'mahalanobis_scores', 'pair_texts', 'GroupSpec', 'pair_embeddings', 'evaluate',
+           'NoveltyExperiment', 'run_seeds', 'stats_table', 'summarize', 'curves_table', 'scores_table',
+           'analyze_and_visualize']
 
 # %% ../nbs/11_rnd.ipynb #71eecd8c
 import math
@@ -128,6 +129,16 @@ def score(model: RND, X, idx=None, batch_size: int = 1024) -> np.ndarray:
     out = [model(torch.from_numpy(np.ascontiguousarray(X[idx[s:s + batch_size]], dtype=np.float32)))
            for s in range(0, len(idx), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+
+@torch.no_grad()
+def error_vectors(model: RND, X, batch_size: int = 1024) -> np.ndarray:
+    "Per-item predictor error `predictor(x) - target(x)` `[n, out_dim]` (its mean square is the score)."
+    model.eval()
+    out = []
+    for s in range(0, len(X), batch_size):
+        z = model.prepare(torch.from_numpy(np.ascontiguousarray(X[np.arange(s, min(s + batch_size, len(X)))], dtype=np.float32)))
+        out.append((model.predictor(z) - model.target(z)).numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.cfg.out_dim), np.float32)
 
 def train_rnd(X, cfg: RNDConfig, X_val=None, progress: bool = False, reload=None):
     "Train an RND predictor on the rows of `X` -> (model, history {epoch, train_loss, val_loss, seconds}).\n\n`model.fit_idx` / `model.cal_idx` are the fitted and the held-out calibration rows. `reload(epoch)`, when given, is called at the start of every epoch and returns the training rows (used by the benchmark that re-encodes texts)."
@@ -270,11 +281,15 @@ PAIR_FIELDS = {"ProblemSolution": _gsm8k_pair, "SentencePair": _sentence_pair, "
 
 def pair_texts(dataset: str, split: str|None, limit: int) -> tuple[list[str], list[str]]:
     "(problems, answers) of the first `limit` records of a mirror dataset whose records are pairs."
-    from labnb.data import load_dataset
-    recs = load_dataset(dataset, split, limit=limit)
-    kind = type(recs[0]).__name__ if recs else None
-    if kind not in PAIR_FIELDS: raise ValueError(f"dataset {dataset!r}: records of kind {kind} are not pairs (known: {', '.join(PAIR_FIELDS)})")
-    if len(recs) < limit: raise ValueError(f"dataset {dataset!r} split {split!r}: {len(recs)} records, {limit} requested")
+    from labnb.data import DataError, get_spec, load_dataset, resolve_file
+    spec = get_spec(dataset)
+    if spec.kind.__name__ not in PAIR_FIELDS:
+        raise DataError(f"dataset {dataset!r} holds {spec.kind.__name__} records, not pairs (pair kinds: {', '.join(PAIR_FIELDS)})")
+    recs = load_dataset(dataset, split, limit=limit)          # an empty file is a DataError naming it
+    if len(recs) < limit:
+        f = resolve_file(spec.files[split or spec.default_split]) if (split or spec.default_split) in spec.files else None
+        raise DataError(f"dataset {dataset!r} split {split!r}: {len(recs)} records, {limit} requested", f)
+    kind = type(recs[0]).__name__
     p, a = zip(*map(PAIR_FIELDS[kind], recs))
     return list(p), list(a)
 
@@ -310,15 +325,16 @@ def evaluate(emb: dict, cfg: RNDConfig, train: str = "train", reference: str = "
     groups = {g: x for g, x in X.items() if g != train} | ctrl
     scores = {g: score(model, x) for g, x in groups.items()}
     calib_scores = calibration_scores(model, X[train])
-    base = {}
+    base, base_scores = {}, {}
     if baselines:
         mats = {g: (x.materialize() if isinstance(x, PairInputs) else x) for g, x in groups.items()}
         tr = X[train].materialize()
         for b in baselines:
-            bs = BASELINES[b](tr, mats)
+            bs = base_scores[b] = BASELINES[b](tr, mats)
             base[b] = {g: auroc(s, bs[reference]) for g, s in bs.items() if g != reference}
     return {"stats": novelty_stats(scores, reference), "baselines": base, "scores": scores, "calib_scores": calib_scores,
-            "calibrated": {g: calibrate(s, calib_scores) for g, s in scores.items()}, "history": hist}
+            "calibrated": {g: calibrate(s, calib_scores) for g, s in scores.items()}, "history": hist,
+            "baseline_scores": base_scores, "errors": {g: error_vectors(model, x) for g, x in groups.items()}}
 
 # %% ../nbs/11_rnd.ipynb #547785de
 @dataclass
@@ -359,7 +375,9 @@ class NoveltyExperiment(Config):
 # %% ../nbs/11_rnd.ipynb #6d43cc1a
 def _save_seed(path, res: dict):
     from labnb.store import atomic_path, atomic_write_json
-    arrays = {f"score__{g}": s for g, s in res["scores"].items()} | {"calib_scores": res["calib_scores"]}
+    arrays = ({f"score__{g}": s for g, s in res["scores"].items()} | {"calib_scores": res["calib_scores"]}
+              | {f"err__{g}": e for g, e in res.get("errors", {}).items()}
+              | {f"base__{b}__{g}": s for b, per in res.get("baseline_scores", {}).items() for g, s in per.items()})
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as f: np.savez(f, **arrays)
     atomic_write_json(path.with_suffix(".json"), {k: res[k] for k in ("stats", "baselines", "history")})
@@ -370,6 +388,11 @@ def _load_seed(path) -> dict:
     with np.load(path) as z:
         d["scores"] = {k[len("score__"):]: z[k] for k in z.files if k.startswith("score__")}
         d["calib_scores"] = z["calib_scores"]
+        d["errors"] = {k[len("err__"):]: z[k] for k in z.files if k.startswith("err__")}
+        d["baseline_scores"] = {}
+        for k in z.files:
+            if k.startswith("base__"):
+                _, b, g = k.split("__", 2); d["baseline_scores"].setdefault(b, {})[g] = z[k]
     return d
 
 def run_seeds(emb: dict, cfg: RNDConfig, seeds: Sequence[int], run=None, progress: bool = True, **kw) -> dict[int, dict]:
@@ -420,3 +443,84 @@ def scores_table(results: dict[int, dict]):
     import pandas as pd
     return pd.concat([pd.DataFrame({"seed": s, "group": g, "score": v, "calibrated": calibrate(v, r["calib_scores"])})
                       for s, r in results.items() for g, v in r["scores"].items()], ignore_index=True)
+
+# %% ../nbs/11_rnd.ipynb #a4a668e2
+def _roc(novel, seen):
+    from sklearn.metrics import roc_curve
+    y = np.r_[np.ones(len(novel)), np.zeros(len(seen))]
+    fpr, tpr, _ = roc_curve(y, np.r_[novel, seen])
+    return fpr, tpr
+
+def analyze_and_visualize(results: dict[int, dict], out, lengths: dict[str, np.ndarray]|None = None,
+                          reference: str = "seen", show: bool = False) -> dict:
+    "Six figures (fig_*.png) and `analysis.json` of one run's `results` {seed: evaluate(...)}; `lengths` {group: text length per item}."
+    import matplotlib.pyplot as plt, pandas as pd
+    from pathlib import Path
+    from scipy.stats import spearmanr
+    from labnb.store import atomic_write_json
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    seeds = list(results); r0 = results[seeds[0]]
+    groups = list(r0["scores"]); figs = {}
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    for s, r in results.items():
+        h = r["history"]
+        ax.plot(h["epoch"], h["train_loss"], c="C0", alpha=0.7, label="train" if s == seeds[0] else None)
+        ax.plot(h["epoch"], h["val_loss"], c="C1", alpha=0.7, label="validation (seen)" if s == seeds[0] else None)
+    ax.set(yscale="log", xlabel="epoch", ylabel="predictor error (MSE)", title=f"training, {len(seeds)} seed(s)"); ax.legend()
+    figs["loss"] = fig
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    allv = np.concatenate([r0["scores"][g] for g in groups]); pos = allv[allv > 0]
+    bins = np.geomspace(pos.min(), pos.max(), 40) if len(pos) else 30
+    for g in groups: ax.hist(r0["scores"][g], bins=bins, histtype="step", density=True, lw=1.5, label=g)
+    ax.set(xscale="log" if len(pos) else "linear", xlabel="novelty score", ylabel="density", title=f"novelty scores, seed {seeds[0]}"); ax.legend(fontsize=8)
+    figs["novelty_hist"] = fig
+    fig, ax = plt.subplots(figsize=(6, 3.6)); rho = {}
+    for g, n in (lengths or {}).items():
+        if g in r0["scores"] and len(n) == len(r0["scores"][g]):
+            ax.scatter(n, r0["scores"][g], s=8, alpha=0.6, label=g); rho[g] = float(spearmanr(n, r0["scores"][g])[0])
+    ax.set(xlabel="text length (characters)", ylabel="novelty score", yscale="log",
+           title="score vs length: " + ", ".join(f"{g} ρ={v:+.2f}" for g, v in rho.items()) if rho else "score vs length (no lengths given)")
+    if rho: ax.legend(fontsize=8)
+    figs["score_vs_length"] = fig
+    novel = [g for g in groups if g != reference]
+    fig, axes = plt.subplots(1, len(novel), figsize=(3.2 * len(novel), 3.2), squeeze=False)
+    for ax, g in zip(axes[0], novel):
+        for name, sc in [("rnd", r0["scores"])] + [(b, per) for b, per in r0.get("baseline_scores", {}).items()]:
+            if g in sc and reference in sc:
+                fpr, tpr = _roc(sc[g], sc[reference]); ax.plot(fpr, tpr, label=f"{name} {auroc(sc[g], sc[reference]):.2f}")
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8); ax.set(title=f"{g} vs {reference}", xlabel="false positive rate"); ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("true positive rate")
+    figs["roc"] = fig
+    t = stats_table(results)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    au = t[t.group != reference].dropna(subset=["auroc"])
+    for i, (key, d) in enumerate(au.groupby(["method", "group"], sort=False)):
+        axes[0].scatter([i] * len(d), d.auroc, s=18); axes[0].errorbar(i, d.auroc.mean(), d.auroc.std(ddof=0), fmt="_k", capsize=4)
+    axes[0].set_xticks(range(au.groupby(["method", "group"], sort=False).ngroups),
+                       [f"{m}\n{g}" for m, g in au.groupby(["method", "group"], sort=False).groups], fontsize=7)
+    axes[0].set(ylabel="AUROC vs seen", title="AUROC per seed (bar: mean ± sd)")
+    ra = t[(t.method == "rnd") & (t.group != reference)]
+    for i, (g, d) in enumerate(ra.groupby("group", sort=False)):
+        axes[1].scatter([i] * len(d), d.ratio, s=18); axes[1].errorbar(i, d.ratio.mean(), d.ratio.std(ddof=0), fmt="_k", capsize=4)
+    axes[1].set_xticks(range(ra.group.nunique()), list(ra.groupby("group", sort=False).groups), fontsize=8)
+    axes[1].set(ylabel="mean score / seen mean", title="RND ratio per seed"); fig.tight_layout()
+    figs["seed_spread"] = fig
+    fig, ax = plt.subplots(figsize=(5, 4)); pca = {}
+    errs = r0.get("errors") or {}
+    if errs:
+        E = np.concatenate([errs[g] for g in errs]); mu = E.mean(0)
+        _, sv, vt = np.linalg.svd(E - mu, full_matrices=False)
+        var = sv ** 2 / max((sv ** 2).sum(), 1e-30); pca = {"explained_variance_ratio": [float(v) for v in var[:2]]}
+        for g, e in errs.items():
+            p = (e - mu) @ vt[:2].T; ax.scatter(p[:, 0], p[:, 1], s=8, alpha=0.6, label=g)
+        ax.set(xlabel=f"PC1 ({var[0]:.0%})", ylabel=f"PC2 ({var[1]:.0%})" if len(var) > 1 else "PC2"); ax.legend(fontsize=8)
+    ax.set_title(f"predictor error vectors, seed {seeds[0]}")
+    figs["pca"] = fig
+    files = []
+    for k, f in figs.items():
+        f.tight_layout(); files.append(f"fig_{k}.png"); f.savefig(out / files[-1], dpi=100)
+    if show: plt.show()
+    else: plt.close("all")
+    analysis = {"summary": summarize(results), "length_spearman": rho, "pca": pca, "groups": groups, "seeds": seeds, "figures": files}
+    atomic_write_json(out / "analysis.json", analysis)
+    return analysis

@@ -161,3 +161,59 @@ def test_fallback_exports_hub_split_in_mirror_format(tmp_path, monkeypatch):
     recs = load_dataset("ag_news")
     assert calls == [("fancyzhx/ag_news", None, "test")]
     assert [(r.text, r.label, r.label_name) for r in recs] == [("Stocks rally, on, earnings", 2, "Business"), ('He said "hi"', 0, "World")]
+
+
+# ---- broken files: one line naming file, line and field ----
+
+import gzip
+
+
+@pytest.mark.parametrize("rel,name,write,line,field,msg", [
+    ("gsm8k/grade_school_math/data/test.jsonl", "gsm8k", lambda p: p.write_text(""), None, None, "no records (empty dataset)"),
+    ("gsm8k/grade_school_math/data/test.jsonl", "gsm8k", lambda p: p.write_text("\n\n"), None, None, "no records"),
+    ("embed_bench/banking77/test.csv", "banking77", lambda p: p.write_text(""), 1, None, "empty file"),
+    ("embed_bench/banking77/test.csv", "banking77", lambda p: p.write_text("text\nhello\n"), 1, "category", "column missing"),
+    ("embed_bench/sst2/glue_sst2_dev_872.tsv", "sst2", lambda p: p.write_text("sentence\tlabl\ngood\t1\n"), 1, "label", "does not start with"),
+    ("embed_bench/sst2/glue_sst2_dev_872.tsv", "sst2", lambda p: p.write_text(""), 1, None, "empty file"),
+    ("function_vectors/dataset_files/abstractive/antonym.json", "fv/antonym",
+     lambda p: p.write_text('[\n{"input": "hot", "output": "cold"},\n{"input": "up", "outp'), 3, None, "invalid JSON"),
+    ("function_vectors/dataset_files/abstractive/antonym.json", "fv/antonym", lambda p: p.write_text(" \n"), 1, None, "empty file"),
+    ("function_vectors/dataset_files/abstractive/antonym.json", "fv/antonym",
+     lambda p: p.write_text('[{"input": "hot", "output": ["cold"]}]'), 1, "output", "expected str, got list"),
+    ("relations_lre/data/factual/company_ceo.json", "lre/company_ceo", lambda p: p.write_text('{"name": "x", "samp'), 1, None, "invalid JSON"),
+    ("relations_lre/data/factual/company_ceo.json", "lre/company_ceo", lambda p: p.write_text('[1, 2]'), 1, None, "expected a JSON object"),
+    ("lost_in_the_middle/kv_retrieval_data/kv-retrieval-75_keys.jsonl.gz", "litm/kv75",
+     lambda p: p.write_bytes(b"\x1f\x8b\x08\x00garbage"), 1, None, "corrupt or truncated gzip"),
+    ("lost_in_the_middle/kv_retrieval_data/kv-retrieval-140_keys.jsonl.gz", "litm/kv140",
+     lambda p: p.write_bytes((z := gzip.compress("".join(json.dumps({"ordered_kv_records": [[f"k{i}", "v"]], "key": f"k{i}",
+                                                                      "value": "v"}) + "\n" for i in range(3000)).encode()))[:len(z) // 2]),
+     None, None, "corrupt or truncated gzip"),
+    ("embed_bench/sst2/glue_sst2_dev_872.tsv", "sst2", lambda p: p.write_bytes(b"sentence\tlabel\ngood\t1\n\xff bad\t0\n"), 3, None, "not UTF-8"),
+])
+def test_broken_file_is_one_line_error(mirror, rel, name, write, line, field, msg):
+    root = mirror({})
+    (root / rel).parent.mkdir(parents=True, exist_ok=True); write(root / rel)
+    e = error_of(lambda: load_dataset(name))
+    assert e.file.endswith(Path(rel).name) and msg in str(e) and "\n" not in str(e), str(e)
+    if line is not None: assert e.line == line, str(e)
+    if field is not None: assert e.field == field and f"field '{field}'" in str(e), str(e)
+
+
+def test_empty_pair_dataset_is_named_not_a_later_crash(mirror):
+    from labnb.rnd import pair_texts
+    root = mirror({"gsm8k/grade_school_math/data/test.jsonl": ""})
+    e = error_of(lambda: pair_texts("gsm8k", "test", 5))
+    assert "test.jsonl" in str(e) and "no records" in str(e) and "kind None" not in str(e)
+    mirror({"gsm8k/grade_school_math/data/test.jsonl": '{"question": "q", "answer": "#### 4"}\n'})
+    e = error_of(lambda: pair_texts("gsm8k", "test", 5))
+    assert "test.jsonl" in str(e) and "1 records, 5 requested" in str(e)
+
+
+def test_bandit_cli_reports_broken_data_in_one_line(mirror, tmp_path, capsys):
+    from labnb.bandit_run import main
+    mirror({"embed_bench/sst2/glue_sst2_dev_872.tsv": "sentence\tlabel\ngood\t1\nbad\t7\n"})
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"grid: tiny\nreward: {{tasks: [SST2]}}\ncorpus_cache_path: {tmp_path}/corpus.json\noutput_dir: {tmp_path}/out\n")
+    assert main(["run", str(cfg), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "glue_sst2_dev_872.tsv, line 3, field 'label'" in err, err
