@@ -74,7 +74,7 @@ class RunCfg(Config):
 class AnalyzeCfg(Config):
     "Passed to `kv_analyze.AnalysisConfig` (same keys)."
     metric: str = ""               # headline metric for every task ('' = per task)
-    threshold: float = 0.1         # a drop larger than this from the previous budget is a transition
+    threshold: float = 0.1         # a drop of at least this from the next larger budget is a transition
     rule: Literal["diff", "overlap"] = "diff"   # CI-aware significance rule
     level: float = 0.95            # CI level
     n_boot: int = 2000             # bootstrap resamples

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .core import git_info, logger, now_iso
 from .store import atomic_write
-from .kv_analyze import AnalysisConfig, above_chance, analyze, summarize, with_baseline
+from .kv_analyze import AnalysisConfig, above_chance, analyze, is_drop, summarize, with_baseline
 
 # %% ../nbs/38_kv_report.ipynb #8619ebc3
 def request_status(store) -> pd.DataFrame:
@@ -86,6 +86,21 @@ def _full_part(a: dict, cfg) -> tuple[str, list[str], set]:
              ["Every bin is clearly above chance at full budget."])
     return md_table(pd.DataFrame(rows)), sents, low
 
+def _summary_part(a: dict) -> tuple[str, list[str]]:
+    "The pooled transition of each (task, press) (`kv_analyze.transition_summary`) as a table and a sentence each."
+    rows, sents = [], []
+    for r in a["transition_summary"].itertuples():
+        found = pd.notna(r.transition_budget)
+        rows.append({"task": r.task, "press": r.press, "metric": r.metric, "n": r.n, "at full": fmt(r.full_acc),
+                     "transition budget": fb(r.transition_budget) if found else "—",
+                     "pooled drop": f"{fmt(r.acc_before)} → {fmt(r.acc_after)} ({fmt(r.drop)})" if found else "—",
+                     "bin of largest drop": f"{int(r.transition_bin_idx)} ({fmt(r.bin_drop)})" if found and pd.notna(r.transition_bin_idx) else "—"})
+        sents.append(f"**{r.press}** on {r.task}: " + (
+            f"pooled {r.metric} falls from {fmt(r.acc_before)} at {fb(r.prev_budget)} to {fmt(r.acc_after)} at "
+            f"**{fb(r.transition_budget)}**; bin {int(r.transition_bin_idx)} drops most ({fmt(r.bin_drop)})." if found else
+            f"no budget lowers pooled {r.metric} by {fmt(r.threshold)} or more from the next larger one."))
+    return md_table(pd.DataFrame(rows)), sents
+
 def _transition_part(a: dict, low: set) -> tuple[str, list[str]]:
     tr, rows, sents = a["transitions"], [], []
     for r in tr.itertuples():
@@ -132,7 +147,7 @@ def _cause_part(a: dict, cfg) -> tuple[str, list[str]]:
         hi, lo = rate[bs[0]], rate[bs[-1]]
         d_c, d_w, d_f = hi["correct"] - lo["correct"], lo["wrong"] - hi["wrong"], lo["failure"] - hi["failure"]
         head = f"**{press}** on {task}, budget {fb(bs[0])} → {fb(bs[-1])}: "
-        if d_c <= cfg.threshold:
+        if not is_drop(hi["correct"], lo["correct"], cfg.threshold):
             sents.append(head + f"no collapse (correct rate changes by {-d_c:+.2f}).")
         else:
             main = ("comes from wrong answers and failures **equally**" if abs(d_w - d_f) < 1e-9 else
@@ -155,7 +170,7 @@ def _memory_part(a: dict, cfg) -> tuple[str, list[str]]:
                          "KV fraction": fmt(r.kv_fraction), "latency p50 (s)": fmt(r.latency_p50, 3),
                          "latency p90 (s)": fmt(p90.get(r.budget), 3), m: fmt(acc.get(r.budget))})
         full = g.iloc[0]
-        ok = [b for b in g.budget if acc.get(b, -1) >= acc[full.budget] - cfg.threshold]
+        ok = [b for b in g.budget if not is_drop(acc[full.budget], acc.get(b, -1), cfg.threshold)]
         safe = g[g.budget == min(ok)].iloc[0] if min(ok) < full.budget else g.iloc[1] if len(g) > 1 else full
         lat = (safe.latency_p50 / full.latency_p50 - 1) * 100 if full.latency_p50 else float("nan")
         what = (f"the smallest budget within {cfg.threshold} of full-budget {m} is {fb(safe.budget)}" if min(ok) < full.budget else
@@ -200,6 +215,7 @@ def report_context(a: dict, status: pd.DataFrame, experiment: str, out_weight: f
     budget_table, budget_sents = _budget_part(a, cfg)
     full_table, full_sents, low = _full_part(a, cfg)
     tr_table, tr_sents = _transition_part(a, low)
+    summary_table, summary_sents = _summary_part(a)
     cause_table, cause_sents = _cause_part(a, cfg)
     mem_table, mem_sents = _memory_part(a, cfg)
     eff = a["efficiency"].copy()
@@ -215,7 +231,8 @@ def report_context(a: dict, status: pd.DataFrame, experiment: str, out_weight: f
                 budgets=", ".join(f"{fb(b)} ({k})" for k, b in sorted(set(zip(res.budget_kind, res.budget)), key=lambda x: (x[0], -x[1]))),
                 n_bins=res.bin.nunique(), cfg=cfg, generated=now_iso(), labnb_version=__version__,
                 git_sha=(git_info()["sha"] or "unknown")[:10], budget_table=budget_table, budget_sentences=budget_sents,
-                full_table=full_table, full_sentences=full_sents, transition_table=tr_table, transition_sentences=tr_sents,
+                full_table=full_table, full_sentences=full_sents, summary_table=summary_table, summary_sentences=summary_sents,
+                transition_table=tr_table, transition_sentences=tr_sents,
                 cause_table=cause_table, cause_sentences=cause_sents, memory_table=mem_table, memory_sentences=mem_sents,
                 efficiency_table=md_table(eff.drop(columns=["budget_kind"])), out_weight=out_weight, fig_prefix="",
                 limitations=_limitations(a, status, low, models))
