@@ -96,3 +96,49 @@ def test_fv_prefix_patching_equals_one_pass_per_head(arch):
     assert seq.shape == (s.n_layers * s.n_heads,)
     torch.testing.assert_close(pre, seq, rtol=1e-4, atol=1e-7)
     assert seq.std() > 0                                                # the patches matter
+
+
+def _kvpress_supports(m) -> bool:
+    from kvpress.presses.base_press import SUPPORTED_MODELS
+    return isinstance(m, SUPPORTED_MODELS)
+
+KVPRESS_ARCHS = tuple(a for a in DECODERS if a in ("llama", "llama3", "mistral", "phi3", "qwen2", "qwen3"))
+
+
+def test_kvpress_list_is_what_kvpress_supports():
+    assert [a for a in DECODERS if _kvpress_supports(built(a)[0])] == list(KVPRESS_ARCHS)
+
+
+@pytest.mark.parametrize("arch", KVPRESS_ARCHS)
+def test_kv_engine_text_equals_kvpress_pipeline(arch):
+    "labnb.kv_engines' in-process engine and kvpress's own pipeline give the same text under a press."
+    from kvpress import KVPressTextGenerationPipeline
+    from labnb.kv_engines import GenRequest, TransformersEngine, compression_ratio, make_press
+    m, tok, s, x = built(arch)
+    eng = TransformersEngine(m, tok, model_name=f"tiny-{arch}")
+    c = "The key is 4721. " + "Grass is green and the sky is blue. " * 3
+    req = GenRequest(c, "What is the key?", "Answer:", press="knorm", budget=0.5, max_new_tokens=6)
+    mine = eng.generate(req)
+    assert mine.error_type is None, mine.error
+    press = make_press("knorm", compression_ratio("ratio", 0.5, eng.encode(req)[0].shape[1]))
+    ref = KVPressTextGenerationPipeline(model=m, tokenizer=tok)(c, question="What is the key?", answer_prefix="Answer:",
+                                                                press=press, max_new_tokens=6)["answer"]
+    assert mine.text == ref and mine.completion_tokens >= 1
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_functional_lora_equals_peft_merged(arch):
+    "The architecture's default targets (q_proj/v_proj, qkv_proj, query_key_value, c_attn, query/value, Wqkv)."
+    from labnb.lora import LoraSpec, default_lora_modules, functional_lora, lora_layout, peft_model_of, random_lora
+    m, tok, s, x = built(arch)
+    spec = LoraSpec(rank=2, alpha=4.0, modules=default_lora_modules(m), layers=[0, -1])
+    layout = lora_layout(m, spec)
+    assert len(layout.targets) == 2 * len(spec.modules)
+    lora = random_lora(layout, seed=3, std=0.2)
+    with torch.no_grad():
+        f = functional_lora(m, lora, spec.scale, **x)
+        f = f.logits if hasattr(f, "logits") else f.last_hidden_state
+        merged = peft_model_of(m, spec, lora).merge_and_unload()
+        ref = run(merged, x)
+    torch.testing.assert_close(f, ref, rtol=1e-4, atol=1e-5)
+    assert (f - run(m, x)).abs().max() > 1e-4                            # the adapter matters
