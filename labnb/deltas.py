@@ -19,25 +19,31 @@ from .store import ArrayCache, manifest_key
 from .lora import functional_lora, _pad_id
 
 # %% ../nbs/25_deltas.ipynb #7878d548
+_ALPACA = "Below is an instruction that describes a task. Write a response that completes the request.\n\n### Instruction:\n{}\n\n### Response:"
+
 PROBES: dict[str, list[str]] = {
-    "generic": [
-        "Below is an instruction that describes a task. Write a response that completes the request.\n\nInstruction:\nPlease respond.\n\nResponse:",
-        "You are a helpful assistant. Answer the following.\nInput:\nOutput:",
-        "Task: complete the request below.\nRequest:\nAnswer:",
-        "Here is a question for you.\nQuestion:\nYour answer:",
-        "Read the input and write the output.\nInput: \nOutput:",
-    ],
+    "generic": [_ALPACA.format(i) for i in ("Please respond.", "Answer the question below.", "Complete the request.",
+                                            "Give a short reply.", "Carry out the task.")],
     "math": [
         "Solve the problem and give the number.\nProblem: a number plus another number\nAnswer:",
         "Compute the result.\nExpression:\nResult:",
+        "Work out the value.\nQuestion: how many are there in total?\nValue:",
+        "Simplify.\nInput:\nSimplified:",
+        "Give the answer as a number.\nProblem:\nNumber:",
     ],
     "code": [
         "Write the next line of the Python function.\ndef f(x):\n",
         "Complete the code.\nCode:\nCompletion:",
+        "# Python\n# transform the input\ndef solve(value):\n    return",
+        "Fix the program.\nProgram:\nFixed:",
+        "Translate the description into code.\nDescription:\nCode:",
     ],
     "commonsense": [
         "Use everyday knowledge to answer.\nQuestion: what would a person do next?\nAnswer:",
         "Pick the most sensible option.\nSituation:\nChoice:",
+        "What usually happens next?\nEvent:\nNext:",
+        "Answer with common sense.\nQuestion: where would you find this?\nAnswer:",
+        "Say why.\nObservation:\nReason:",
     ],
 }
 
@@ -63,11 +69,13 @@ class DeltaConfig(Config):
     "Where delta activations are read and how probes are combined."
     layer: int = -1           # index into hidden_states (0 = embeddings, -1 = last)
     token: int = -1           # index into each probe's real tokens (negative: from the end)
-    aggregate: str = "mean"   # how per-probe deltas are combined: mean | concat
+    aggregate: str = "mean"   # how per-probe deltas are combined: mean | max | concat
     def validate(self):
         if self.aggregate not in AGGREGATES: raise ConfigError("delta.aggregate", f"unknown {self.aggregate!r} (known: {', '.join(AGGREGATES)})")
 
-AGGREGATES = {"mean": lambda x: x.mean(-2), "concat": lambda x: x.flatten(-2)}  # x: [..., n_probes, d]
+AGGREGATES = {"mean": lambda x: x.mean(-2),            # x: [..., n_probes, d] -> [..., d]
+              "max": lambda x: x.amax(-2),             # per-coordinate maximum over probes -> [..., d]
+              "concat": lambda x: x.flatten(-2)}       # -> [..., n_probes * d]
 
 def encode_probes(tok, texts: Sequence[str]):
     "Right-padded `(input_ids, attention_mask)` of the probe texts."
