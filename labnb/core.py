@@ -5,10 +5,11 @@
 # %% auto #0
 __all__ = ['logger', 'DTYPES', 'home', 'Paths', 'paths', 'ConfigError', 'from_dict', 'Config', 'resolve_env', 'deep_merge',
            'parse_overrides', 'read_yaml', 'load_config', 'seed_everything', 'default_device', 'resolve_dtype',
-           'default_dtype', 'git_info', 'package_versions', 'now_iso', 'provenance']
+           'default_dtype', 'git_info', 'package_versions', 'now_iso', 'provenance', 'thread_info', 'pick_threads',
+           'set_threads', 'format_table']
 
 # %% ../nbs/00_core.ipynb #a2508b30
-import dataclasses, datetime, hashlib, json, logging, os, platform, random, re, socket, subprocess, sys, types, typing
+import contextlib, dataclasses, datetime, functools, hashlib, json, logging, os, platform, random, re, socket, subprocess, sys, types, typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -191,7 +192,9 @@ def read_yaml(path) -> dict:
     path = Path(path)
     if not path.is_file(): raise ConfigError("<file>", f"config file not found: {path}", str(path))
     try: d = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e: raise ConfigError("<file>", f"invalid YAML: {e}", str(path)) from None
+    except yaml.YAMLError as e:
+        m = getattr(e, "problem_mark", None); where = f"line {m.line + 1}, column {m.column + 1}: " if m else ""
+        raise ConfigError(str(path), where + "invalid YAML (" + " ".join(str(getattr(e, "problem", None) or e).split()) + ")") from None
     if not isinstance(d, dict): raise ConfigError("<root>", "top level must be a mapping", str(path))
     return d
 
@@ -253,10 +256,12 @@ def git_info(root: Path|None = None) -> dict:
     s = run("status", "--porcelain", "--untracked-files=no")
     return {"sha": r.stdout.strip(), "dirty": bool(s and s.stdout.strip())}
 
+_THREADS: dict = {}   # what `set_threads` chose
+
 _PKGS = ("labnb", "torch", "transformers", "numpy", "pandas", "kvpress", "mteb", "peft", "sentence-transformers", "papermill", "nbdev", "gguf")
 
-def package_versions(names=_PKGS) -> dict:
-    "Installed versions of the packages results depend on."
+@functools.lru_cache(maxsize=None)
+def _versions(names: tuple) -> dict:
     from importlib.metadata import version, PackageNotFoundError
     out = {}
     for n in names:
@@ -264,9 +269,52 @@ def package_versions(names=_PKGS) -> dict:
         except PackageNotFoundError: pass
     return out
 
+def package_versions(names=_PKGS) -> dict:
+    "Installed versions of the packages results depend on (read once per process)."
+    return dict(_versions(tuple(names)))
+
 def now_iso() -> str: return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 def provenance(seeds: dict|int|None = None) -> dict:
     "Everything needed to say where a result came from: git, versions, seeds, host, python, time."
     return {"git": git_info(), "versions": package_versions(), "seeds": seeds, "host": socket.gethostname(),
-            "platform": platform.platform(), "python": platform.python_version(), "time": now_iso()}
+            "platform": platform.platform(), "python": platform.python_version(), "threads": thread_info(), "time": now_iso()}
+
+def thread_info() -> dict:
+    "Torch threads in use and how they were chosen (`set_threads`)."
+    if "torch" not in sys.modules: return dict(_THREADS) or {}
+    import torch
+    return {**_THREADS, "n": torch.get_num_threads()} if _THREADS else {"n": torch.get_num_threads(), "source": "torch default"}
+
+# %% ../nbs/00_core.ipynb #316ccde6
+def pick_threads(requested: int|None = None) -> tuple[int, str]:
+    "Torch threads to use and why: `LABNB_THREADS` wins, then `requested` (a config key; 0 or None = automatic), else the cores not busy now."
+    if env := os.environ.get("LABNB_THREADS", "").strip():
+        if not env.isdigit() or int(env) < 1: raise ConfigError("LABNB_THREADS", f"must be a positive integer, got {env!r}")
+        return int(env), "LABNB_THREADS"
+    if requested:
+        if not isinstance(requested, int) or isinstance(requested, bool) or requested < 0: raise ConfigError("threads", f"must be a non-negative integer, got {requested!r}")
+        return requested, "config"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, round(cores - load))), f"auto: {cores} cores, load {load:.2f}"
+
+def set_threads(requested: int|None = None) -> dict:
+    "Apply the thread policy to torch (and numpy's BLAS where threadpoolctl is installed); returns what was used (also in `provenance`)."
+    n, why = pick_threads(requested)
+    import torch
+    torch.set_num_threads(n)
+    with contextlib.suppress(Exception):
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(n)
+    _THREADS.update(n=n, source=why)
+    return dict(_THREADS)
+
+# %% ../nbs/00_core.ipynb #de889316
+def format_table(rows: list[dict]) -> str:
+    "A plain-text table of dicts with the same keys."
+    if not rows: return "(nothing)"
+    cols = list(rows[0])
+    w = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    line = lambda r: "  ".join(str(r[c]).ljust(w[c]) for c in cols).rstrip()
+    return "\n".join([line({c: c for c in cols}), line({c: "-" * w[c] for c in cols}), *map(line, rows)])

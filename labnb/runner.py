@@ -5,10 +5,11 @@
 # %% auto #0
 __all__ = ['RESERVED', 'KERNEL', 'TemplateError', 'ParamError', 'templates', 'find_template', 'Param', 'parse_params',
            'params_cell', 'template_params', 'parse_cli_value', 'validate_params', 'params_hash', 'make_run_id',
-           'RunFailed', 'RunResult', 'rel_home', 'strip_home', 'run_template', 'scratch_home']
+           'RunFailed', 'RunResult', 'rel_home', 'strip_home', 'index_row', 'index_file', 'upsert_index', 'scan_index',
+           'write_index', 'read_index', 'kernel_manager', 'RunBusy', 'run_template', 'scratch_home']
 
 # %% ../nbs/90_runner.ipynb #4386edfb
-import ast, contextlib, hashlib, io, json, logging, os, re, shutil, tempfile, time, tokenize, traceback, types
+import ast, contextlib, csv, hashlib, io, json, logging, os, re, shutil, sys, tempfile, time, tokenize, traceback, types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args, get_origin
@@ -17,7 +18,7 @@ import nbformat
 import yaml
 
 from .core import ConfigError, _coerce, _type_name, logger, now_iso, paths
-from .store import RunFolder, atomic_write, atomic_write_yaml, read_json
+from .store import Busy, RunFolder, StoreError, atomic_write, atomic_write_yaml, file_lock, read_json
 
 # %% ../nbs/90_runner.ipynb #3a68b361
 class TemplateError(ConfigError):
@@ -141,8 +142,8 @@ def make_run_id(params: dict, defaults: dict|None = None, max_len: int = 80) -> 
 # %% ../nbs/90_runner.ipynb #775c5d14
 class RunFailed(RuntimeError):
     "A template run raised; the partial notebook and the log stay in the run folder."
-    def __init__(self, msg: str, notebook: Path, log: Path):
-        self.notebook, self.log = notebook, log
+    def __init__(self, msg: str, notebook: Path, log: Path, ename: str|None = None, evalue: str = ""):
+        self.notebook, self.log, self.ename, self.evalue = notebook, log, ename, evalue   # the notebook's exception
         super().__init__(f"{msg}\n  partial notebook: {notebook}\n  log: {log}")
 
 @dataclass
@@ -175,13 +176,78 @@ def strip_home(x, home: str|None = None):
         return x.replace(user + os.sep, "~" + os.sep) if user not in ("/", "") else x
     return x
 
-def _relativize_notebook(nb_path: Path):
-    "Make the papermill metadata of an executed notebook free of absolute paths."
+def _relativize_notebook(nb_path: Path, rename: dict[str, str]|None = None):
+    "Make the papermill metadata of an executed notebook free of absolute paths (and of a staging folder's name)."
     if not nb_path.exists(): return
     nb = nbformat.read(nb_path, as_version=4)
     pm = nb.metadata.get("papermill")
     if pm: nb.metadata["papermill"] = strip_home(json.loads(json.dumps(pm)))
-    atomic_write(nb_path, nbformat.writes(nb))
+    text = nbformat.writes(nb)
+    for a, b in (rename or {}).items():
+        if a != b: text = text.replace(json.dumps(a)[1:-1], json.dumps(b)[1:-1])
+    atomic_write(nb_path, text)
+
+# %% ../nbs/90_runner.ipynb #a648f3c4
+def _flat(d: dict, prefix: str) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict): out.update(_flat(v, f"{prefix}{k}."))
+        elif isinstance(v, (list, tuple)): out[f"{prefix}{k}"] = yaml.safe_dump(list(v), default_flow_style=True).strip()
+        else: out[f"{prefix}{k}"] = v
+    return out
+
+def index_row(experiment: str, run_id: str, params: dict, metrics: dict) -> dict:
+    "One row of an experiment's index: run id, notebook, `param.*` (the validated template parameters) and `metric.*` columns."
+    return {"run_id": run_id, "notebook": f"{run_id}/{experiment}.ipynb", **_flat(params, "param."), **_flat(metrics, "metric.")}
+
+def _run_params(run: RunFolder) -> dict:
+    rec = run.params
+    return (rec.get("runner") or {}).get("parameters") or rec.get("params") or {}
+
+def index_file(experiment: str) -> Path: return paths().results / experiment / "index.csv"
+
+# %% ../nbs/90_runner.ipynb #35b5d6ef
+def _read_rows(f: Path) -> dict[str, dict]:
+    if not f.exists(): return {}
+    with open(f, newline="") as fh:
+        try: return {r["run_id"]: r for r in csv.DictReader(fh)}
+        except (csv.Error, KeyError) as e: raise StoreError(f, f"is not an index written by labnb ({e})", "rebuild it with `labnb index EXPERIMENT`") from None
+
+def _write_rows(f: Path, rows: dict[str, dict]):
+    cols = list(dict.fromkeys(c for k in sorted(rows) for c in rows[k]))
+    buf = io.StringIO(); w = csv.DictWriter(buf, cols, lineterminator="\n"); w.writeheader()
+    for k in sorted(rows): w.writerow({c: ("" if v is None else v) for c, v in rows[k].items()})
+    atomic_write(f, buf.getvalue() if rows else "")
+
+def upsert_index(experiment: str, row: dict) -> Path:
+    "Add or replace one run's row of `results/{experiment}/index.csv` (atomic; safe when several processes write)."
+    f = index_file(experiment)
+    with file_lock(f.parent / ".index.lock"):
+        rows = _read_rows(f); rows[row["run_id"]] = {k: ("" if v is None else v) for k, v in row.items()}
+        _write_rows(f, rows)
+    return f
+
+def scan_index(experiment: str) -> dict[str, dict]:
+    "Index rows of every complete run folder of `experiment` (the interactive folder excluded), by run id."
+    root, rows = paths().results / experiment, {}
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        run = RunFolder(d)
+        if d.is_dir() and not d.name.startswith((".", "interactive")) and run.done:
+            rows[d.name] = index_row(experiment, d.name, _run_params(run), run.metrics)
+    return rows
+
+def write_index(experiment: str, rows: dict[str, dict]|None = None) -> Path:
+    "Rewrite `results/{experiment}/index.csv` in full (from `rows`, else from the run folders)."
+    f = index_file(experiment)
+    with file_lock(f.parent / ".index.lock"): _write_rows(f, scan_index(experiment) if rows is None else rows)
+    return f
+
+def read_index(experiment: str):
+    "`results/{experiment}/index.csv` as a DataFrame."
+    import pandas as pd
+    f = index_file(experiment)
+    if not f.exists(): raise FileNotFoundError(f"no index for experiment {experiment!r}: {f} (run a sweep first)")
+    return pd.read_csv(f)
 
 # %% ../nbs/90_runner.ipynb #a2f6d4c8
 class _QuietParamInspection(logging.Filter):
@@ -193,47 +259,100 @@ def _quiet_papermill():
         lg = logging.getLogger(name)
         if not any(isinstance(f, _QuietParamInspection) for f in lg.filters): lg.addFilter(_QuietParamInspection())
 
-def run_template(template: str|Path, params: dict|None = None, force: bool = False, from_cli: bool = False,
-                 kernel: str|None = None, progress: bool = False, run_id: str|None = None) -> RunResult:
-    "Execute `template` with `params` into its run folder; skip when its metrics exist (unless `force`)."
+# %% ../nbs/90_runner.ipynb #feae022d
+@contextlib.contextmanager
+def kernel_manager(name: str):
+    "A kernel manager for one run: IPC sockets in a private folder (no TCP ports to clash over, no transport warning), shut down afterwards."
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
+    with tempfile.TemporaryDirectory(prefix="labnb-kernel-") as d:
+        km = AsyncKernelManager(kernel_name=name, transport="ipc", ip=os.path.join(d, "k"))
+        try: yield km
+        finally:
+            if km.has_kernel:
+                with contextlib.suppress(Exception): run_sync(km.shutdown_kernel)(now=True)
+
+# %% ../nbs/90_runner.ipynb #562eeca8
+class RunBusy(RuntimeError):
+    "Another live process is executing this run."
+
+def _exchange(a: Path, b: Path) -> bool:
+    "Swap two folders in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`); False where unsupported."
+    import ctypes
+    try: fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError): return False
+    return fn(-100, os.fsencode(str(a)), -100, os.fsencode(str(b)), 2) == 0   # AT_FDCWD, RENAME_EXCHANGE
+
+def _staging(run: RunFolder) -> RunFolder: return RunFolder(run.path.parent / ".staging" / run.path.name)
+
+def _swap_in(staging: Path, final: Path):
+    "Put the complete run in `staging` in place of `final`; the old folder is removed only once the new one is there."
+    if not final.exists(): os.rename(staging, final); return
+    if not _exchange(staging, final):
+        old = staging.with_name(staging.name + ".old"); shutil.rmtree(old, ignore_errors=True)
+        os.rename(final, old); os.rename(staging, final); staging = old
+    shutil.rmtree(staging, ignore_errors=True)
+
+def _recover(run: RunFolder):
+    "Finish a replacement that a kill interrupted between its two renames."
+    st = _staging(run)
+    if not run.path.exists() and st.done: os.rename(st.path, run.path)
+
+# %% ../nbs/90_runner.ipynb #685d9d98
+def _execute(path: Path, work: RunFolder, experiment: str, values: dict, kernel: str, progress: bool) -> tuple[Path, Path, Exception|None]:
+    "Execute the template into `work` with papermill; returns the notebook, the log and the error (None on success)."
     import papermill as pm
     _quiet_papermill()
-    path = find_template(template)
-    experiment = path.stem
+    out_nb, log, err, t0 = work / f"{experiment}.ipynb", work / "run.log", None, time.time()
+    with open(log, "w") as lf, kernel_manager(kernel) as km:
+        lf.write(f"[{now_iso()}] labnb run {experiment} {work.path.name}\n"); lf.flush()
+        try:
+            pm.execute_notebook(str(path), str(out_nb), parameters={**values, "run_dir": rel_home(work.path)}, km=km,
+                                kernel_name=kernel, cwd=str(paths().home), progress_bar=progress, stdout_file=lf, stderr_file=lf)
+        except Exception as e:
+            err = e; lf.write(f"\n[{now_iso()}] FAILED\n" + "".join(traceback.format_exception_only(type(e), e)))
+        else: lf.write(f"\n[{now_iso()}] finished in {time.time() - t0:.1f} s\n")
+    return out_nb, log, err
+
+# %% ../nbs/90_runner.ipynb #b339e546
+def run_template(template: str|Path, params: dict|None = None, force: bool = False, from_cli: bool = False,
+                 kernel: str|None = None, progress: bool = False, run_id: str|None = None) -> RunResult:
+    "Execute `template` with `params` into its run folder; skip a complete run unless `force` (which replaces it only on success)."
+    import papermill as pm
+    path = find_template(template); experiment = path.stem
     spec = template_params(path)
     values = validate_params(path, params or {}, from_cli=from_cli, spec=spec)
-    defaults = {k: p.default for k, p in spec.items() if k not in RESERVED}
-    run_id = run_id or make_run_id(values, defaults)
+    run_id = run_id or make_run_id(values, {k: p.default for k, p in spec.items() if k not in RESERVED})
     run = RunFolder(paths().run_dir(experiment, run_id))
-    if run.done and not force:
-        logger.info("%s/%s: metrics exist, skipped", experiment, run_id)
-        return RunResult(experiment, run_id, run.path, "skipped", run.metrics, values)
-    if force and run.metrics_file.exists(): run.metrics_file.unlink()
-    info = {"template": rel_home(path), "run_id": run_id, "parameters": values, "kernel": kernel or KERNEL,
-            "papermill": pm.__version__}
-    run.start(values, experiment=experiment, runner=info)
-    out_nb, log = run / f"{experiment}.ipynb", run / "run.log"
-    t0, err = time.time(), None
-    with open(log, "w") as lf:
-        lf.write(f"[{now_iso()}] labnb run {experiment} {run_id}\n"); lf.flush()
-        try:
-            pm.execute_notebook(str(path), str(out_nb), parameters={**values, "run_dir": rel_home(run.path)},
-                                kernel_name=kernel or KERNEL, cwd=str(paths().home), progress_bar=progress,
-                                stdout_file=lf, stderr_file=lf)
-        except Exception as e:
-            err = e
-            lf.write(f"\n[{now_iso()}] FAILED\n" + "".join(traceback.format_exception_only(type(e), e)))
-        else: lf.write(f"\n[{now_iso()}] finished in {time.time() - t0:.1f} s\n")
-    _relativize_notebook(out_nb)
-    seconds = time.time() - t0
-    status = "failed" if err or not run.done else "completed"
-    if run.params_file.exists():
-        rec = run.params; rec["runner"] = {**info, "status": status, "seconds": round(seconds, 3)}
-        atomic_write_yaml(run.params_file, rec)
-    if err is not None:
-        msg = f"{err.ename}: {err.evalue}" if hasattr(err, "ename") else f"{type(err).__name__}: {err}"
-        raise RunFailed(f"{experiment} run {run_id} failed: {msg}", out_nb, log)
-    if not run.done: raise RunFailed(f"{experiment} run {run_id} finished without writing metrics.json (call run.finish)", out_nb, log)
+    lock = contextlib.ExitStack()
+    try: lock.enter_context(file_lock(run.path.parent / ".locks" / f"{run_id}.lock", blocking=False, what=f"run {experiment}/{run_id}"))
+    except Busy as e: raise RunBusy(str(e)) from None
+    with lock:
+        _recover(run)
+        if run.done and not force:
+            logger.info("%s/%s: complete, skipped", experiment, run_id)
+            if run_id not in _read_rows(index_file(experiment)): upsert_index(experiment, index_row(experiment, run_id, values, run.metrics))
+            return RunResult(experiment, run_id, run.path, "skipped", run.metrics, values)
+        work = _staging(run) if force else run
+        if force: shutil.rmtree(work.path, ignore_errors=True)
+        kernel = kernel or KERNEL
+        info = {"template": rel_home(path), "run_id": run_id, "parameters": values, "kernel": kernel, "papermill": pm.__version__}
+        work.start(values, experiment=experiment, runner={**info, "status": "running"})
+        t0 = time.time()
+        out_nb, log, err = _execute(path, work, experiment, values, kernel, progress)
+        _relativize_notebook(out_nb, {rel_home(work.path): rel_home(run.path)})
+        seconds = time.time() - t0
+        status = "failed" if err or not work.metrics_file.exists() else "completed"
+        rec = work.params; rec["runner"] = {**info, "status": status, "seconds": round(seconds, 3)}
+        atomic_write_yaml(work.params_file, rec)
+        if err is not None:
+            msg = f"{err.ename}: {err.evalue}" if hasattr(err, "ename") else f"{type(err).__name__}: {err}"
+            raise RunFailed(f"{experiment} run {run_id} failed: {msg}", out_nb, log, getattr(err, "ename", type(err).__name__),
+                            str(getattr(err, "evalue", err)))
+        if status == "failed": raise RunFailed(f"{experiment} run {run_id} finished without writing metrics.json (call run.finish)", out_nb, log)
+        work.mark_complete(run_id=run_id, seconds=round(seconds, 3))          # the run's last write
+        if force: _swap_in(work.path, run.path)
+        upsert_index(experiment, index_row(experiment, run_id, values, run.metrics))
     return RunResult(experiment, run_id, run.path, "completed", run.metrics, values, seconds)
 
 KERNEL = os.environ.get("LABNB_KERNEL", "labnb")

@@ -5,8 +5,9 @@
 # %% auto #0
 __all__ = ['TMP_TAG', 'COMPLETE_FILE', 'LEASE_SECONDS', 'STATUSES', 'MANIFEST_FIELDS', 'StoreError', 'atomic_path',
            'atomic_write', 'atomic_write_json', 'atomic_write_yaml', 'read_json', 'pid_alive', 'clean_tmp', 'save',
-           'RunFolder', 'open_run', 'connect', 'transaction', 'owner_id', 'owner_alive', 'StatusTable', 'UnitRow',
-           'CacheMismatch', 'CacheCorrupt', 'file_sha256', 'manifest_key', 'ArrayCache', 'ChunkedArray']
+           'RunFolder', 'open_run', 'connect', 'transaction', 'owner_id', 'owner_alive', 'StatusTable', 'Busy',
+           'file_lock', 'UnitRow', 'CacheMismatch', 'CacheCorrupt', 'file_sha256', 'manifest_key', 'ArrayCache',
+           'ChunkedArray']
 
 # %% ../nbs/01_store.ipynb #0506ef58
 import contextlib, functools, hashlib, json, os, re, socket, sqlite3, tempfile, threading, time, traceback
@@ -18,7 +19,7 @@ import numpy as np
 import yaml
 from fastcore.basics import patch
 
-from .core import paths, provenance, now_iso, logger
+from .core import paths, provenance, now_iso, logger, set_threads
 
 # %% ../nbs/01_store.ipynb #30fb4006
 class StoreError(ValueError):
@@ -193,8 +194,9 @@ def invalidate(self: RunFolder):
 
 # %% ../nbs/01_store.ipynb #40a22901
 def open_run(experiment: str, run_dir: str|Path|None, params: dict, seeds=None) -> RunFolder:
-    "The run folder of an experiment notebook, started with its parameters and provenance."
+    "The run folder of an experiment notebook, started with its parameters and provenance (a `threads` parameter applies the thread policy)."
     run = RunFolder(run_dir) if run_dir else RunFolder.for_run(experiment, "interactive")
+    if "threads" in params: set_threads(params["threads"] or None)
     return run.start(params, seeds=seeds, experiment=experiment)
 
 # %% ../nbs/01_store.ipynb #b0d27e33
@@ -366,6 +368,26 @@ def release(self: StatusTable, unit: str):
     "Give back a unit this process claimed but did not finish (it becomes pending again)."
     self._exec(f"UPDATE {self.table} SET status='pending', updated=?, owner=NULL WHERE unit=? AND owner=? AND status='running'",
                (time.time(), unit, owner_id()))
+
+# %% ../nbs/01_store.ipynb #2722cf4d
+class Busy(RuntimeError):
+    "Another live process holds the lock."
+
+@contextlib.contextmanager
+def file_lock(path, blocking: bool = True, what: str = ""):
+    "Hold an exclusive `flock` on `path` (released when the block ends or the process dies); `Busy` if not `blocking` and it is held."
+    import fcntl
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            f.seek(0); holder = f.read().strip() or "another process"
+            raise Busy(f"{what or path} is in use by {holder}") from None
+        f.seek(0); f.truncate(); f.write(owner_id()); f.flush()
+        try: yield f
+        finally:
+            with contextlib.suppress(OSError): f.seek(0); f.truncate(); f.flush()
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 # %% ../nbs/01_store.ipynb #d0225dd8
 @dataclass
