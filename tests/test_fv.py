@@ -14,7 +14,7 @@ from labnb.hooks import hook_module, head_weight
 from labnb.fv import (PromptFormat, sample_trials, encode, answer_token, score_prompts, score_injected, indirect_effects,
                       patched_probs, read_relation_csv, PATCH_METHODS)
 from labnb.fv_qwise import (FVConfig, run_fv_qwise, q_dir, layer_dir, LAYER_FILES, SUMMARY_FILE, qid_complete, run_diffs,
-                            result_diffs)
+                            result_diffs, run_summary, qid_statuses)
 
 torch.set_num_threads(1)          # results compared across processes: one thread in every process (see run_diffs)
 
@@ -82,7 +82,23 @@ def test_skip_rule_and_status(tmp_path):
     assert st["ant"]["status"] == "completed"
     disk = json.loads((tmp_path / "qid_status.json").read_text())
     assert disk["few"]["status"] == "skipped" and disk["ant"]["status"] == "completed"
+    for q in ("ant", "few"):                                          # the per-q_id export
+        assert json.loads((q_dir(tmp_path, q) / "qid_status.json").read_text())["status"] == st[q]["status"]
     assert qid_complete(q_dir(tmp_path, "ant"), model_spec(model).n_layers)
+
+def test_status_table_is_the_source(tmp_path):
+    "qid_status.json is an export: summaries and resumes read the status table, whatever the json says."
+    model, tok = tiny_model("llama")
+    run_fv_qwise(model, tok, relation(), tmp_path, CFG, progress=False)
+    want = run_summary(tmp_path)
+    assert set(want.q_id) == {"ant"}
+    (tmp_path / "qid_status.json").write_text(json.dumps({"few": {"status": "completed"}}))    # a stale or edited export
+    (q_dir(tmp_path, "ant") / "qid_status.json").unlink()
+    pd.testing.assert_frame_equal(run_summary(tmp_path), want)
+    assert qid_statuses(tmp_path)["ant"]["status"] == "completed" and qid_statuses(tmp_path)["few"]["status"] == "skipped"
+    run_fv_qwise(model, tok, relation(), tmp_path, CFG, progress=False)                     # nothing to do: exports rewritten
+    assert json.loads((tmp_path / "qid_status.json").read_text())["ant"]["status"] == "completed"
+    assert json.loads((q_dir(tmp_path, "ant") / "qid_status.json").read_text())["status"] == "completed"
 
 BAD_RELATIONS = {                     # file text, the line and the field the one-line error must name
     "header_only": ("q_id,input,output\n", "line 2", None),
@@ -152,7 +168,8 @@ def test_resume_after_kill_mid_step6(tmp_path):
     assert all((layer_dir(qd, 0) / f).exists() for f in LAYER_FILES) and not (layer_dir(qd, 1) / "results.json").exists()
     status = json.loads((killed / "qid_status.json").read_text())
     assert status["ant"]["status"] == "running"
-    before = {p: p.stat().st_mtime_ns for p in qd.rglob("*") if p.is_file() and "logs" not in p.parts}
+    before = {p: p.stat().st_mtime_ns for p in qd.rglob("*")         # completed work; the status export changes
+              if p.is_file() and "logs" not in p.parts and p.name != "qid_status.json"}
     p = _run(script, killed, "resume"); assert p.returncode == 0, p.stderr
     after = {p: p.stat().st_mtime_ns for p in before}
     assert after == before                                                  # nothing completed was recomputed
