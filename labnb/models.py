@@ -6,7 +6,8 @@
 __all__ = ['ARCHS', 'V_LAYOUTS', 'CONFIG_VARIANTS', 'PART_NAMES', 'V_LAYOUT_OF', 'CONFIG_KEYS', 'TINY_ARCHS', 'TINY_ALIASES',
            'OFFLINE_MODELS', 'ArchSpec', 'ModelSpec', 'UnsupportedArchitecture', 'detect_layout', 'is_causal',
            'model_spec', 'tiny_tokenizer', 'tiny_model', 'OfflineModel', 'package_dir', 'spm_merges',
-           'spm_bpe_tokenizer', 'dequantized_dir', 'load_model', 'model_meta']
+           'spm_bpe_tokenizer', 'dequantized_dir', 'load_model', 'model_meta', 'free_memory', 'row_bytes',
+           'auto_batch_size']
 
 # %% ../nbs/02_models.ipynb #e5835640
 import contextlib, fcntl, hashlib, importlib.util, json, os, shutil, tempfile, warnings
@@ -399,9 +400,11 @@ def load_model(source: str|Path, revision: str|None = None, gguf_file: str|None 
     hf_logging.disable_progress_bar()
     folder, extra, offline_kind = _resolve(str(source), gguf_file)
     if revision: extra["revision"] = revision
-    if kind is None:
-        cfg = AutoConfig.from_pretrained(folder, **extra)
-        kind = offline_kind or ("causal" if is_causal(cfg) else "encoder")
+    try: cfg = AutoConfig.from_pretrained(folder, **extra)
+    except OSError as e:
+        raise FileNotFoundError(f"model {source!r} at revision {revision or 'main'!r}: not found "
+                                f"({'offline: not in the local cache' if os.environ.get('HF_HUB_OFFLINE') == '1' else str(e).splitlines()[0]})") from None
+    kind = kind or offline_kind or ("causal" if is_causal(cfg) else "encoder")
     device = device or default_device()
     dtype = resolve_dtype(dtype) if dtype is not None else default_dtype(device)
     om = OFFLINE_MODELS.get(str(source))
@@ -417,3 +420,31 @@ def load_model(source: str|Path, revision: str|None = None, gguf_file: str|None 
 def model_meta(model) -> dict:
     "Where a loaded model came from (id, revision and its commit, folder, kind, dtype): record it with every result."
     return dict(getattr(model, "_labnb_meta", {"model_id": getattr(model.config, "_name_or_path", "?")}))
+
+# %% ../nbs/02_models.ipynb #a71b2d38
+def free_memory(device: str|torch.device|None = None) -> int:
+    "Bytes free on `device` now: CUDA's own count, else the host's available memory."
+    device = torch.device(device or default_device())
+    if device.type == "cuda": return int(torch.cuda.mem_get_info(device)[0])
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+def row_bytes(spec: ModelSpec, n_tokens: int, kind: str = "prefix", dtype=torch.bfloat16, vocab: int = 0) -> int:
+    """Upper estimate of the memory one batch row needs. `prefix`: a head sweep's row (its own copy of an `n_tokens`
+    KV cache, one new token, fp32 logits); `full`: a forward pass over `n_tokens` (embedding extraction: hidden states of
+    every layer kept, attention scores materialised once)."""
+    b = torch.empty(0, dtype=resolve_dtype(dtype)).element_size()
+    kv = 2 * spec.n_layers * spec.n_kv_heads * spec.d_head * n_tokens * b           # keys and values of every layer
+    if kind == "prefix": return kv + 16 * spec.d_model * b + 8 * vocab             # + one token's activations and logits
+    if kind == "full":
+        act = n_tokens * (16 * spec.d_model + spec.n_heads * n_tokens) * b          # MLP/attention buffers of one block
+        return kv + act + (spec.n_layers + 1) * n_tokens * spec.d_model * 4 + 8 * vocab * n_tokens
+    raise ValueError(f"kind must be 'prefix' or 'full', got {kind!r}")
+
+def auto_batch_size(spec: ModelSpec, n_tokens: int, kind: str = "prefix", dtype=torch.bfloat16, vocab: int = 0,
+                    free_bytes: int|None = None, device=None, fraction: float = 0.8, max_batch: int = 1024) -> int:
+    "Rows per forward pass that fit in `fraction` of the free memory (`LABNB_BATCH` overrides); at least 1."
+    if b := os.environ.get("LABNB_BATCH"):
+        if not b.isdigit() or int(b) < 1: raise ValueError(f"LABNB_BATCH must be a positive integer, got {b!r}")
+        return int(b)
+    free = free_memory(device) if free_bytes is None else free_bytes
+    return int(max(1, min(max_batch, fraction * free // row_bytes(spec, n_tokens, kind, dtype, vocab))))

@@ -2,7 +2,7 @@
 same way: heads patched with their own activation change nothing, a zeroed head removes exactly its slice of the output
 projection, one KV head reaches exactly its query group, the residual stream is read and written, shared-prefix FV
 patching equals one pass per head, the in-process KV engine matches kvpress's pipeline, functional LoRA matches peft."""
-import functools
+import functools, sys
 
 import pytest
 import torch
@@ -142,3 +142,172 @@ def test_functional_lora_equals_peft_merged(arch):
         ref = run(merged, x)
     torch.testing.assert_close(f, ref, rtol=1e-4, atol=1e-5)
     assert (f - run(m, x)).abs().max() > 1e-4                            # the adapter matters
+
+
+# ---- hub revisions, offline -------------------------------------------------------------------------------------------
+
+def _hub_cache(root, repo: str, revisions: dict) -> dict:
+    "A Hugging Face cache holding `repo` at each revision (`{rev: seed}`): snapshots by commit, `refs/<rev>` -> commit."
+    import hashlib
+    folder = root / ("models--" + repo.replace("/", "--"))
+    (folder / "refs").mkdir(parents=True)
+    commits = {}
+    for rev, seed in revisions.items():
+        m, tok = tiny_model("gpt_neox", seed=seed)
+        sha = hashlib.sha1(f"{repo}@{rev}".encode()).hexdigest()
+        m.save_pretrained(folder / "snapshots" / sha); tok.save_pretrained(folder / "snapshots" / sha)
+        (folder / "refs" / rev).write_text(sha)
+        commits[rev] = sha
+    (folder / "refs" / "main").write_text(commits[rev])
+    return commits
+
+
+def test_hub_revisions_load_offline_with_provenance(tmp_path, monkeypatch):
+    "`load_model('hub:ORG/NAME', revision=...)` and the bandit grid `hub:ORG/NAME@r1,r2` read the right snapshot offline."
+    import huggingface_hub.constants as hc
+    from labnb.bandit import model_grid
+    from labnb.models import load_model, model_meta
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path)); monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    commits = _hub_cache(tmp_path, "pythia-like/tiny", {"step1": 0, "step2": 1})
+    want = {rev: tiny_model("gpt_neox", seed=seed)[0].state_dict() for rev, seed in (("step1", 0), ("step2", 1))}
+    same = lambda m, sd: all(torch.equal(v, sd[k]) for k, v in m.state_dict().items())
+    m, tok = load_model("hub:pythia-like/tiny", revision="step1", device="cpu", dtype="fp32")
+    assert same(m, want["step1"]) and not same(m, want["step2"])
+    meta = model_meta(m)
+    assert (meta["model_id"], meta["revision"], meta["commit"]) == ("hub:pythia-like/tiny", "step1", commits["step1"])
+    g = model_grid("hub:pythia-like/tiny@step1,step2")
+    assert list(g.checkpoints) == ["step1", "step2"] and g.baseline == "step2"
+    m2, _ = g.loader(g.checkpoints["step2"])
+    assert same(m2, want["step2"]) and model_meta(m2)["revision"] == "step2" and model_meta(m2)["commit"] == commits["step2"]
+    with pytest.raises(Exception, match="step3"): load_model("hub:pythia-like/tiny", revision="step3")
+
+
+# ---- precision and devices --------------------------------------------------------------------------------------------
+# bf16 against fp32 on the same weights: probabilities within rtol 5e-2 / atol 1e-3 (bf16 keeps 8 bits of mantissa).
+BF16 = dict(rtol=5e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gpt2", "falcon"])
+def test_bf16_head_sweep_hooks_and_lora_match_fp32(arch):
+    from labnb.fv import patched_probs
+    from labnb.lora import LoraSpec, default_lora_modules, functional_lora, lora_layout, random_lora
+    m32, tok = tiny_model(arch, seed=1)
+    m16, _ = tiny_model(arch, seed=1, dtype="bf16")
+    s = model_spec(m16)
+    assert next(m16.parameters()).dtype == torch.bfloat16
+    ids = tok("Q: hot\nA: cold\n\nQ: up\nA:")["input_ids"]
+    mean = torch.randn(s.n_layers, s.n_heads, s.d_head, generator=torch.Generator().manual_seed(0))
+    p32 = patched_probs(m32, s, ids, target=7, mean_heads=mean, method="prefix")
+    p16 = patched_probs(m16, s, ids, target=7, mean_heads=mean, method="prefix")
+    torch.testing.assert_close(p16.float(), p32, **BF16)
+    x = tok(TEXTS, return_tensors="pt", padding=True)
+    with read_heads(m16, [0]) as c, add_to_resid(m16, 0, torch.ones(s.d_model)), read_resid(m16, [0]) as r: out = run(m16, x)
+    assert c[0].dtype == r[0].dtype == out.dtype == torch.bfloat16          # hooks keep the model's dtype
+    spec = LoraSpec(rank=2, alpha=4.0, modules=default_lora_modules(m32), layers=[0])
+    lora = random_lora(lora_layout(m32, spec), seed=0, std=0.2)
+    with torch.no_grad():
+        l32 = functional_lora(m32, lora, spec.scale, **x).logits.softmax(-1)
+        l16 = functional_lora(m16, lora, spec.scale, **x).logits.float().softmax(-1)
+    torch.testing.assert_close(l16, l32, **BF16)
+
+
+def test_bf16_kv_engine_and_embeddings():
+    from labnb.kv_engines import GenRequest, TransformersEngine
+    from labnb.embeddings import encode_batch
+    res = {}
+    for dt in ("fp32", "bf16"):
+        m, tok = tiny_model("qwen2", seed=1, dtype=dt)
+        r = TransformersEngine(m, tok).generate(GenRequest("The key is 4721. " * 4, "Key?", "A:", press="knorm", budget=0.5,
+                                                           max_new_tokens=4))
+        assert r.error_type is None, r.error
+        res[dt] = r.kv_cache_bytes
+    assert res["fp32"] == 2 * res["bf16"]                                    # the cache is held in the model's dtype
+    embs = {}
+    for dt in ("fp32", "bf16"):
+        m, tok = tiny_model("bert", seed=1, dtype=dt)
+        x = tok(TEXTS, return_tensors="pt", padding=True)
+        embs[dt] = encode_batch(m, x["input_ids"], x["attention_mask"], layers=[1, 2])
+    for l in embs["fp32"]:
+        a, b = torch.as_tensor(embs["fp32"][l]), torch.as_tensor(embs["bf16"][l]).float()
+        assert torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.999
+
+
+def test_gguf_dequantized_model_loads_in_bf16():
+    from labnb.models import load_model, model_meta
+    try: m32, tok = load_model("smollm2-135m", device="cpu", dtype="fp32")
+    except ModuleNotFoundError as e: pytest.skip(str(e))
+    m16, _ = load_model("smollm2-135m", device="cpu", dtype="bf16")
+    assert model_meta(m16)["dtype"] == "bfloat16" and next(m16.parameters()).dtype == torch.bfloat16
+    x = tok(["The capital of France is"], return_tensors="pt")
+    p32, p16 = run(m32, x)[0, -1].softmax(-1), run(m16, x)[0, -1].float().softmax(-1)
+    assert p32.argmax() == p16.argmax()
+    torch.testing.assert_close(p16, p32, rtol=0.1, atol=5e-3)
+
+
+def test_device_choice(monkeypatch):
+    from labnb.core import ConfigError, default_device, default_dtype, resolve_dtype
+    monkeypatch.setenv("LABNB_DEVICE", "cpu"); assert default_device() == "cpu"
+    monkeypatch.setenv("LABNB_DEVICE", "cuda:1"); assert default_device() == "cuda:1" and default_dtype() == torch.bfloat16
+    monkeypatch.setenv("LABNB_DEVICE", "gpu"); pytest.raises(ConfigError, default_device)
+    monkeypatch.setenv("LABNB_DEVICE", "cpu"); monkeypatch.setenv("LABNB_DTYPE", "fp16"); assert default_dtype() == torch.float16
+    assert resolve_dtype("bf16") == torch.bfloat16
+
+
+class _CountTransfers(torch.overrides.TorchFunctionMode):
+    """Counts calls made by labnb's code that copy a tensor to the host or wait for it (`.cpu()`, `.item()`,
+    `.tolist()`, `.numpy()`); on a GPU each is a device-to-host transfer. Calls inside torch itself (e.g. AdamW reading
+    its step counters, which live on the host anyway) are not labnb's."""
+    NAMES = {"cpu", "item", "tolist", "numpy"}
+    def __init__(self): super().__init__(); self.n = 0
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in self.NAMES and "/labnb/" in sys._getframe(1).f_code.co_filename: self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_lora_training_has_no_host_round_trip_per_step(monkeypatch, tmp_path):
+    "A teacher's training loop moves nothing to the host per step: 3 and 9 steps make the same number of transfers."
+    from labnb.lora import LoraSpec, TeacherConfig, train_teacher
+    import labnb.lora as L
+    pairs = [(f"w{i}", f"v{i}") for i in range(40)]
+    monkeypatch.setattr(L, "task_pairs", lambda name: pairs)
+    m, tok = tiny_model("llama", seed=0)
+    counts = {}
+    for steps in (3, 9):
+        with _CountTransfers() as c:
+            train_teacher(m, tok, "fv/x", LoraSpec(rank=2, alpha=4, layers=[0]), TeacherConfig(steps=steps, n_train=24, n_eval=8),
+                          progress=False)
+        counts[steps] = c.n
+    assert counts[3] == counts[9], counts
+
+
+def test_head_sweep_transfers_once_per_batch():
+    "labnb.fv's shared-prefix sweep: a fixed number of host transfers per batch of heads, none per head."
+    from labnb.fv import patched_probs
+    m, tok, s, x = built("qwen2")
+    ids = tok("Q: hot\nA: cold\n\nQ: up\nA:")["input_ids"]
+    mean = torch.zeros(s.n_layers, s.n_heads, s.d_head)
+    n = {}
+    for bs in (s.n_total_heads, s.n_heads):
+        with _CountTransfers() as c: patched_probs(m, s, ids, target=7, mean_heads=mean, method="prefix", batch_size=bs)
+        n[bs] = c.n
+    assert 1 <= n[s.n_total_heads] <= 2 and n[s.n_heads] == n[s.n_total_heads] * s.n_layers, n   # per batch, not per head
+
+
+def test_auto_batch_size_fits_an_8b_sweep_in_24gb(monkeypatch):
+    "Llama-3.1-8B's shapes (from its config, no weights): every batch of the 1024-head sweep fits next to the weights."
+    from transformers import LlamaConfig
+    from labnb.models import auto_batch_size, row_bytes
+    cfg = LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                      intermediate_size=14336, vocab_size=128256)
+    with torch.device("meta"):
+        from transformers import AutoModelForCausalLM
+        meta = AutoModelForCausalLM.from_config(cfg)
+    s = model_spec(meta)
+    assert (s.n_total_heads, s.n_kv_heads, s.d_head) == (1024, 8, 128)
+    weights = sum(p.numel() for p in meta.parameters()) * 2                     # bf16
+    free = 24 * 10**9 - weights
+    for n_tokens in (200, 800, 3000):
+        b = auto_batch_size(s, n_tokens, free_bytes=free, vocab=cfg.vocab_size)
+        assert 1 <= b and b * row_bytes(s, n_tokens, vocab=cfg.vocab_size) <= free
+    assert auto_batch_size(s, 800, free_bytes=free) > auto_batch_size(s, 3000, free_bytes=free)
+    monkeypatch.setenv("LABNB_BATCH", "7"); assert auto_batch_size(s, 800, free_bytes=free) == 7
