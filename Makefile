@@ -52,8 +52,11 @@ nbtest:
 pytest:
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q tests
 
+# the site from the notebooks' committed outputs (nothing executed, nothing written under results/): _docs/index.html
 docs: setup
-	$(BIN)/labnb docs
+	@$(BIN)/python -c "import mkdocs, material, mkdocstrings_handlers.python, mathjax" 2>/dev/null || \
+		$(BIN)/pip install -q -c constraints.txt -e ".[docs]"
+	$(BIN)/labnb docs --out _docs
 
 bench: setup
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done

@@ -1,4 +1,4 @@
-"End-to-end tests of the runner, sweeps (kill and resume, Dask), CLI validation, promotion and the docs build."
+"End-to-end tests of the runner, sweeps (kill and resume, Dask) and CLI validation (promotion and the docs site: tests/test_docs.py)."
 import os, shutil, signal, sqlite3, subprocess, sys, time
 from pathlib import Path
 
@@ -7,7 +7,6 @@ import pytest
 
 from labnb.cli import SKIP_EXEC, main
 from labnb.core import paths
-from labnb.docs import build_docs, check_site, find_pages
 from labnb.runner import scratch_home
 from labnb.store import StatusTable
 
@@ -71,26 +70,6 @@ def test_uninterrupted_dask_sweep_gives_the_same_index(killed_and_resumed):
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         assert (h / "results" / "smoke" / "index.csv").read_text() == resumed_index
-
-
-def test_promote_then_docs_site(killed_and_resumed, capsys):
-    h, *_ , index = killed_and_resumed
-    run_id = index.splitlines()[1].split(",")[0]
-    assert main(["promote", f"results/smoke/{run_id}", "smoke_run"]) == 0
-    dest = h / "nbs" / "runs" / "smoke_run.ipynb"
-    nb = nbformat.read(dest, as_version=4)
-    assert (nb.cells[0].cell_type, nb.cells[0].source) == ("raw", SKIP_EXEC) and str(h) not in dest.read_text()
-    for name in ("index.ipynb", "90_runner.ipynb", "91_sweep.ipynb", "94_docs.ipynb"): shutil.copy(REPO / "nbs" / name, h / "nbs" / name)
-    for run in (REPO / "nbs" / "runs").glob("*.ipynb"): shutil.copy(run, h / "nbs" / "runs" / run.name)  # the front page links them
-    site = build_docs(h / "_docs", execute=False)
-    rep = check_site(site)
-    assert sorted(p.href for p in find_pages(h / "nbs")) == rep["pages"]        # every notebook has a page
-    assert {"index.html", "runner.html", "sweep.html", "docs.html", "experiments/smoke.html", "runs/smoke_run.html"} <= set(rep["pages"])
-    assert rep["broken"] == [], rep["broken"]                                   # every relative link resolves
-    run_page = (site / "runs" / "smoke_run.html").read_text()
-    assert 'src="data:image/png;base64,' in run_page and "test_mse" in run_page  # the run's figure and metrics
-    assert 'href="../runner.html"' in run_page                                   # the sidebar, relative to the page
-    assert "run_template" in (site / "runner.html").read_text()                  # API reference from show_doc
 
 
 def _cli(*argv, capsys):
