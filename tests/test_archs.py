@@ -311,3 +311,55 @@ def test_auto_batch_size_fits_an_8b_sweep_in_24gb(monkeypatch):
         assert 1 <= b and b * row_bytes(s, n_tokens, vocab=cfg.vocab_size) <= free
     assert auto_batch_size(s, 800, free_bytes=free) > auto_batch_size(s, 3000, free_bytes=free)
     monkeypatch.setenv("LABNB_BATCH", "7"); assert auto_batch_size(s, 800, free_bytes=free) == 7
+
+
+# ---- the real settings' configs (validated through the workflows' own loaders; nothing downloaded) --------------------
+from pathlib import Path
+REAL = Path(__file__).resolve().parents[1] / "configs" / "real"
+
+
+def _meta_model(cfg):
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"): return AutoModelForCausalLM.from_config(cfg)
+
+
+def test_real_fv_qwise_llama31_8b_config():
+    from labnb.sweep import load_sweep
+    from labnb.fv_qwise import FVConfig
+    sw = load_sweep(REAL / "fv_qwise_llama31_8b.yaml")
+    assert len(sw.runs) == 1 and sw.runs[0].experiment == "fv_qwise"
+    p = sw.runs[0].params
+    cfg = FVConfig(n_demos=p["n_demos"], n_trials=p["n_trials"], top_k=p["top_k"], seed=p["seed"],
+                   alphas=[float(a) for a in p["alphas"].split(",")])
+    assert (p["model"], cfg.n_demos, cfg.top_k, cfg.alphas, cfg.n_trials, cfg.seed) == \
+           ("hub:meta-llama/Llama-3.1-8B", 9, 20, [1.0], 25, 0)
+
+
+def test_real_llgbm_qwen25_config_targets_exist():
+    from transformers import Qwen2Config
+    from labnb.llgbm import make_config
+    from labnb.lora import lora_layout
+    cfg = make_config("baseline", REAL / "llgbm_qwen25_1p5b.yaml")
+    assert (cfg.model.name, cfg.lora.rank, cfg.lora.alpha) == ("hub:Qwen/Qwen2.5-1.5B", 16, 32.0)
+    assert sorted(cfg.lora.modules) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    qwen = _meta_model(Qwen2Config(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                                   num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True))   # Qwen2.5-1.5B's shapes
+    layout = lora_layout(qwen, cfg.lora)
+    assert len(layout.targets) == 7 * 28 and model_spec(qwen).n_layers == 28
+
+
+def test_real_layer_bandit_pythia_config():
+    from labnb.bandit import model_grid
+    from labnb.bandit_run import load_bandit_config
+    cfg = load_bandit_config(REAL / "layer_bandit_pythia.yaml")
+    g = model_grid(cfg.grid)
+    assert g.model_id == "EleutherAI/pythia-410m" and g.baseline == "step143000" and len(g.checkpoints) == 5
+
+
+def test_real_kv_vllm_config(monkeypatch):
+    from labnb.kv_config import load_kv_config
+    monkeypatch.delenv("LABNB_VLLM_URL", raising=False)
+    cfg = load_kv_config(REAL / "kv_vllm.yaml")
+    assert cfg.engine.name.startswith("openai") and cfg.engine.kv_field is False and cfg.run.budgets == [1.0]
+    assert cfg.engine.base_url == "http://127.0.0.1:8000/v1"
+    with pytest.raises(Exception, match="kv_field"): load_kv_config(REAL / "kv_vllm.yaml", ["run.budgets=[1.0,0.5]"])
