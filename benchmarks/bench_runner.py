@@ -1,58 +1,51 @@
-"""Runner overhead per run against a bare papermill call on the same notebook, measured in one process.
+"""Runner overhead per run against a bare papermill call on the same notebook, interleaved in one process.
 
-Each repetition runs the smoke template once through `labnb.runner.run_template` (validation, run id, params.yaml
-with provenance, log, path relativization, metrics check) and once through `papermill.execute_notebook` with the same
-kernel and parameters, alternating so machine load affects both alike. Writes benchmarks/results/runner.json.
+Each repetition runs the smoke template once through `labnb.runner.run_template` (validation, run id, lock,
+params.yaml with provenance, IPC kernel, log, path relativization, completion marker, index row) and once through
+`papermill.execute_notebook` with the same kernel and parameters, alternating (A B A B ...) so machine load affects
+both alike. Every labnb run is a new run id, as in a sweep. Also: the index update at 4,096 past runs (one row
+appended, not a rescan), and the start-up of the `labnb` command. Writes benchmarks/results/runner.json.
 """
-import json, os, platform, statistics, sys, tempfile, time
+import itertools, os, subprocess, sys, tempfile, time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import interleave, load, pin_threads, write
 
 import papermill as pm
 
-from labnb.core import package_versions, paths
-from labnb.runner import _relativize_notebook, make_run_id, run_template, scratch_home, validate_params
-from labnb.store import RunFolder, atomic_write_json
+from labnb.runner import index_row, run_template, scratch_home, upsert_index, write_index
 
-REPS = int(os.environ.get("BENCH_REPS", 4))
+REPS = int(os.environ.get("BENCH_REPS", 6))
 
 
 def main() -> dict:
-    out = paths().home / "benchmarks" / "results" / "runner.json"
-    load0 = os.getloadavg()
-    bare, runner = [], []
+    pin_threads(1)
+    load0 = load()
     with scratch_home() as h, tempfile.TemporaryDirectory() as tmp:
-        tmpl = h / "nbs" / "experiments" / "smoke.ipynb"
-        run_template("smoke", {"seed": 99}, force=True)            # warm caches (imports, kernel spec lookup)
-        for i in range(REPS):
-            t = time.perf_counter()
+        tmpl, seeds = h / "nbs" / "experiments" / "smoke.ipynb", itertools.count(1000)
+        def bare():
+            i = next(seeds)
             pm.execute_notebook(str(tmpl), f"{tmp}/bare{i}.ipynb", parameters={"seed": i, "run_dir": f"{tmp}/bare{i}"},
                                 kernel_name="labnb", cwd=str(h), progress_bar=False)
-            bare.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            r = run_template("smoke", {"seed": i}, force=True)
-            runner.append(time.perf_counter() - t)
-            assert r.status == "completed"
-        t, n = time.perf_counter(), 200
-        for i in range(n): make_run_id(validate_params("smoke", {"seed": i, "degree": "2"}, from_cli=True))
-        pre_ms = (time.perf_counter() - t) / n * 1000
-        t, n = time.perf_counter(), 20                                # params.yaml with provenance (git, versions)
-        for i in range(n): RunFolder(Path(tmp) / f"rf{i}").start({"seed": i}, experiment="smoke")
-        start_ms = (time.perf_counter() - t) / n * 1000
-        t = time.perf_counter()                                       # path relativization of an executed notebook
-        for i in range(n): _relativize_notebook(r.notebook)
-        rel_ms = (time.perf_counter() - t) / n * 1000
-    med_b, med_r = statistics.median(bare), statistics.median(runner)
-    res = {"what": "smoke template, one run: labnb run_template vs bare papermill.execute_notebook (kernel labnb)",
-           "reps": REPS, "bare_seconds": [round(x, 3) for x in bare], "runner_seconds": [round(x, 3) for x in runner],
-           "bare_median_s": round(med_b, 3), "runner_median_s": round(med_r, 3),
-           "overhead_per_run_s": round(med_r - med_b, 3), "ratio_runner_over_bare": round(med_r / med_b, 3),
-           "validation_and_run_id_ms": round(pre_ms, 2), "params_yaml_with_provenance_ms": round(start_ms, 1),
-           "relativize_notebook_ms": round(rel_ms, 1), "loadavg_start": [round(x, 2) for x in load0],
-           "loadavg_end": [round(x, 2) for x in os.getloadavg()], "cpus": os.cpu_count(),
-           "python": platform.python_version(), "versions": package_versions(("labnb", "papermill", "nbclient", "ipykernel"))}
-    atomic_write_json(out, res)
-    print(json.dumps(res, indent=2))
-    return res
+        def labnb():
+            assert run_template("smoke", {"seed": next(seeds)}).status == "completed"
+        t = interleave({"bare_papermill": bare, "labnb_run": labnb}, REPS)
+        rows = {f"r{i:05d}": index_row("big", f"r{i:05d}", {"seed": i, "lr": 0.1}, {"mse": 0.5, "acc": 0.9}) for i in range(4096)}
+        write_index("big", rows)
+        n, t0 = 50, time.perf_counter()
+        for i in range(n): upsert_index("big", index_row("big", f"new{i}", {"seed": i, "lr": 0.1}, {"mse": 0.5, "acc": 0.9}))
+        upsert_ms = (time.perf_counter() - t0) / n * 1000
+    cli = interleave({"labnb_status": lambda: subprocess.run([str(Path(sys.executable).parent / "labnb"), "status"], capture_output=True),
+                      "python_only": lambda: subprocess.run([sys.executable, "-c", "pass"], capture_output=True)}, 5)
+    b, r = t["bare_papermill"]["median_s"], t["labnb_run"]["median_s"]
+    return write("runner", {
+        "what": "smoke template, one new run each: labnb run_template vs bare papermill.execute_notebook (kernel labnb), interleaved",
+        "timings": t, "bare_median_s": round(b, 3), "runner_median_s": round(r, 3), "overhead_per_run_s": round(r - b, 3),
+        "ratio_runner_over_bare": round(r / b, 3), "index_upsert_ms_at_4096_runs": round(upsert_ms, 2),
+        "labnb_status_command_s": round(cli["labnb_status"]["median_s"], 3),
+        "python_startup_s": round(cli["python_only"]["median_s"], 3),
+        "loadavg_start": load0, "loadavg_end": load()})
 
 
 if __name__ == "__main__":

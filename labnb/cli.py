@@ -10,7 +10,6 @@ __all__ = ['WORKFLOWS', 'SKIP_EXEC', 'COMMANDS', 'UsageError', 'promote', 'cmd_r
 import argparse, contextlib, importlib, json, logging, re, signal, sys, time
 from pathlib import Path
 
-import nbformat
 
 from .core import ConfigError, format_table, logger, paths
 from .store import StoreError, atomic_write
@@ -40,6 +39,7 @@ def _run_notebook(run_dir: Path) -> Path:
 
 def promote(run_dir, name: str) -> Path:
     "Copy the executed notebook of `run_dir` to `nbs/runs/{name}.ipynb`, marked `skip_exec`, without absolute paths."
+    import nbformat
     from nbdev.clean import clean_nb
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name): raise UsageError(f"NAME must be a plain file name, got {name!r}")
     run_dir = Path(run_dir)
@@ -168,6 +168,9 @@ def _terminate(signum, frame): raise SystemExit(128 + signum)
 def main(argv=None) -> int:
     "Entry point of the `labnb` command; returns the exit status."
     argv = sys.argv[1:] if argv is None else list(argv)
+    # jsonschema (imported by nbformat and papermill) compiles an IRI grammar at import when rfc3987-syntax is
+    # installed: 1-6 s per command. labnb validates no IRIs, so the command does without it.
+    sys.modules.setdefault("rfc3987_syntax", None)
     if argv and argv[0] in WORKFLOWS:
         try: return _dispatch_workflow(argv[0], argv[1:])
         except UsageError as e: print(f"labnb {argv[0]}: error: {e}", file=sys.stderr); return 2

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args, get_origin
 
-import nbformat
 import yaml
 
 from .core import ConfigError, _coerce, _type_name, logger, now_iso, paths
@@ -84,14 +83,17 @@ def parse_params(src: str, source: str = "<parameters>") -> dict[str, Param]:
 # %% ../nbs/90_runner.ipynb #abf8c8aa
 def params_cell(nb) -> tuple[int, str]:
     "Index and source of the cell tagged `parameters`."
-    for i, c in enumerate(nb.cells):
-        if "parameters" in c.get("metadata", {}).get("tags", []): return i, c.source
+    for i, c in enumerate(nb["cells"]):
+        if "parameters" in c.get("metadata", {}).get("tags", []):
+            return i, "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
     return -1, ""
 
 def template_params(template: str|Path) -> dict[str, Param]:
     "The typed parameters of a template (its `parameters` cell)."
     path = find_template(template)
-    i, src = params_cell(nbformat.read(path, as_version=4))
+    try: nb = json.loads(path.read_text())                 # plain JSON: importing nbformat costs seconds
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise TemplateError(f"not a notebook ({e})", str(path)) from None
+    i, src = params_cell(nb)
     if i < 0: raise TemplateError("no cell tagged `parameters`", str(path))
     return parse_params(src, source=str(path))
 
@@ -179,6 +181,7 @@ def strip_home(x, home: str|None = None):
 def _relativize_notebook(nb_path: Path, rename: dict[str, str]|None = None):
     "Make the papermill metadata of an executed notebook free of absolute paths (and of a staging folder's name)."
     if not nb_path.exists(): return
+    import nbformat
     nb = nbformat.read(nb_path, as_version=4)
     pm = nb.metadata.get("papermill")
     if pm: nb.metadata["papermill"] = strip_home(json.loads(json.dumps(pm)))

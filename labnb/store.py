@@ -211,8 +211,9 @@ def _db_error(path, e: Exception) -> Exception:
 
 def connect(path, timeout: float = 60.0) -> sqlite3.Connection:
     "The SQLite connection of this process and thread to `path` (opened once: WAL, busy timeout, autocommit)."
-    path = Path(path); key = (os.getpid(), str(path.absolute()))
     conns = _LOCAL.__dict__.setdefault("conns", {})
+    if (c := conns.get((os.getpid(), path))) is not None: return c
+    path = Path(path); key = (os.getpid(), str(path.absolute()))
     if (c := conns.get(key)) is not None: return c
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -220,7 +221,7 @@ def connect(path, timeout: float = 60.0) -> sqlite3.Connection:
         c.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
         c.execute("PRAGMA journal_mode=WAL"); c.execute("PRAGMA synchronous=NORMAL")
     except sqlite3.DatabaseError as e: raise _db_error(path, e) from None
-    conns[key] = c
+    conns[key] = conns[(key[0], str(path))] = c
     return c
 
 @contextlib.contextmanager
@@ -264,6 +265,7 @@ class StatusTable:
     "Per-unit status in SQLite: one connection per process, WAL, and leases so that two processes never run one unit."
     def __init__(self, path, table: str = "units"):
         self.path, self.table = Path(path), table
+        self._where = str(self.path.absolute())
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table): raise ValueError(f"table name {table!r} is not an identifier")
         with self._tx() as c:
             c.execute(f"""CREATE TABLE IF NOT EXISTS {table} (unit TEXT PRIMARY KEY, grp TEXT, status TEXT NOT NULL,
@@ -275,10 +277,12 @@ class StatusTable:
             c.execute(f"CREATE INDEX IF NOT EXISTS {table}_status ON {table}(status)")
             c.execute(f"CREATE INDEX IF NOT EXISTS {table}_grp ON {table}(grp)")
     @property
-    def con(self) -> sqlite3.Connection: return connect(self.path)
+    def con(self) -> sqlite3.Connection: return connect(self._where)
     def _tx(self): return transaction(self.con, self.path)
-    def _exec(self, sql, args=()):
-        try: return self.con.execute(sql, args).fetchall()
+    def _exec(self, sql, args=(), rowcount: bool = False):
+        try:
+            cur = self.con.execute(sql, args)
+            return cur.rowcount if rowcount else cur.fetchall()
         except sqlite3.DatabaseError as e: raise _db_error(self.path, e) from None
     def __repr__(self): return f"StatusTable({self.path}, {self.table!r})"
 
@@ -305,9 +309,8 @@ def _beat():
                 connect(path).execute(f"UPDATE {table} SET heartbeat=? WHERE owner=? AND status='running'", (time.time(), owner_id()))
 
 def _keep_alive(st: StatusTable):
-    _HEARTBEAT["tables"].add((str(st.path), st.table))
-    t = _HEARTBEAT["thread"]
-    if t is None or not t.is_alive() or _HEARTBEAT.get("pid") != os.getpid():
+    _HEARTBEAT["tables"].add((st._where, st.table))
+    if _HEARTBEAT.get("pid") != os.getpid() or not _HEARTBEAT["thread"].is_alive():
         _HEARTBEAT["thread"], _HEARTBEAT["pid"] = threading.Thread(target=_beat, daemon=True, name="labnb-lease"), os.getpid()
         _HEARTBEAT["thread"].start()
 
@@ -315,6 +318,9 @@ def _keep_alive(st: StatusTable):
 def claim(self: StatusTable, unit: str, retry_failed: bool = True, group: str|None = None) -> bool:
     "Take `unit` for this process: False when it is done, failed (unless `retry_failed`) or running under a live owner."
     now, me = time.time(), owner_id()
+    fast = self._exec(f"""UPDATE {self.table} SET status='running', attempts=attempts+1, started=?, error=NULL, updated=?, owner=?,
+        heartbeat=? WHERE unit=? AND status='pending'""", (now, now, me, now, unit), rowcount=True)
+    if fast: _keep_alive(self); return True                          # the common case: one statement
     with self._tx() as c:
         row = c.execute(f"SELECT status, owner, heartbeat FROM {self.table} WHERE unit=?", (unit,)).fetchone()
         if row is not None:
