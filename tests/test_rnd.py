@@ -141,3 +141,82 @@ def test_experiment_config_errors():
         NoveltyExperiment(n_train=1)
     with pytest.raises(ValueError, match="rnd.lr"):
         NoveltyExperiment.from_dict({"rnd": {"lr": "fast"}})
+
+
+# ---- a SIGKILL at any moment of precompute_embeddings, then a rerun: the same cache ----
+
+import os, signal, subprocess, sys, textwrap, time
+from pathlib import Path
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, time
+    import torch
+    torch.set_num_threads(1)
+    import labnb.embeddings as E
+    from labnb.store import ArrayCache
+    slow = E.encode_batch
+    def encode_batch(*a, **k):
+        time.sleep(0.05); return slow(*a, **k)
+    E.encode_batch = encode_batch
+    texts = [f"item {i}: " + "word " * (i % 7) for i in range(40)]
+    model, tok = E.tiny_encoder(seed=3)
+    print("ready", flush=True)
+    E.precompute_embeddings(model, tok, texts, layers=(1, 2), model_id="tiny", dataset="kill", batch_size=2,
+                            chunk_size=6, cache=ArrayCache(sys.argv[1]), progress=False)
+    print("done", flush=True)
+""")
+
+
+def test_embedding_cache_survives_sigkill_at_any_moment(tmp_path):
+    torch.set_num_threads(1)
+    script = tmp_path / "embed_job.py"; script.write_text(KILL_SCRIPT)
+    root = tmp_path / "cache"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    kills = 0
+    for delay in (0.3, 0.9, 1.6):                           # early, mid-chunks, late: each run resumes the last
+        p = subprocess.Popen([sys.executable, str(script), str(root)], env=env, stdout=subprocess.PIPE, text=True)
+        try:
+            assert p.stdout.readline().strip() == "ready"
+            time.sleep(delay)
+            if p.poll() is None: p.send_signal(signal.SIGKILL); kills += 1
+        finally: p.wait()
+        if p.returncode == 0: break
+    assert kills >= 2, kills
+    texts = [f"item {i}: " + "word " * (i % 7) for i in range(40)]
+    model, tok = tiny_encoder(seed=3)
+    kw = dict(layers=(1, 2), model_id="tiny", dataset="kill", batch_size=2, chunk_size=6, progress=False)
+    resumed = precompute_embeddings(model, tok, texts, cache=ArrayCache(root), **kw)
+    fresh = precompute_embeddings(model, tok, texts, cache=ArrayCache(tmp_path / "fresh"), **kw)
+    for l in (1, 2):   # separate processes: equal within a documented tolerance (float32 forward passes)
+        np.testing.assert_allclose(np.asarray(resumed[l]), np.asarray(fresh[l]), rtol=1e-5, atol=1e-6)
+        assert resumed[l].shape == (40, 32)
+    entries = lambda r: sorted(str(p.parent.relative_to(r)) for p in r.rglob("manifest.json") if "_job-" not in str(p))
+    assert entries(root) == entries(tmp_path / "fresh")                  # the same entries, nothing half-written
+    again = precompute_embeddings(model, tok, texts, cache=ArrayCache(root), **kw)
+    for l in (1, 2): np.testing.assert_array_equal(np.asarray(again[l]), np.asarray(resumed[l]))
+
+
+# ---- the document's analyze_and_visualize: six figures and a JSON summary per run ----
+
+def test_analysis_makes_six_figures_and_json(tmp_path):
+    import json
+    from labnb.rnd import analyze_and_visualize
+    train, held, novel = _subspace_data(4)
+    emb = {"train": (train[:, :6], train[:, 6:]), "seen": (held[:, :6], held[:, 6:]), "unseen": (novel[:, :6], novel[:, 6:])}
+    res = run_seeds(emb, CFG.replace(epochs=2), [0, 1], run=RunFolder(tmp_path / "run"), progress=False)
+    res = run_seeds(emb, CFG.replace(epochs=2), [0, 1], run=RunFolder(tmp_path / "run"), progress=False)   # loaded from disk
+    lengths = {"seen": np.arange(len(held)), "unseen": np.arange(len(novel)) * 2}
+    a = analyze_and_visualize(res, tmp_path / "out", lengths=lengths)
+    want = {f"fig_{k}.png" for k in ("loss", "novelty_hist", "score_vs_length", "roc", "seed_spread", "pca")}
+    assert set(a["figures"]) == want and all((tmp_path / "out" / f).stat().st_size > 1000 for f in want)
+    saved = json.loads((tmp_path / "out" / "analysis.json").read_text())
+    assert saved["summary"]["n_seeds"] == 2 and set(saved["length_spearman"]) == {"seen", "unseen"}
+    assert 0 < sum(saved["pca"]["explained_variance_ratio"]) <= 1 + 1e-9
+    assert saved["summary"]["knn"]["unseen"]["auroc_mean"] > 0.5     # baseline scores survive the reload
+
+
+def test_pair_texts_names_bad_datasets():
+    from labnb.data import DataError
+    from labnb.rnd import pair_texts
+    with pytest.raises(DataError, match="holds LabelledText records, not pairs"):
+        pair_texts("sst2", "dev", 3)
