@@ -168,3 +168,20 @@ def test_bad_config_exits_2_with_one_line(tmp_path, capsys, yaml_text, needle):
     assert bandit_main(["run", str(f)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err and str(f) in err, err
+
+
+def test_design_document_name_tables():
+    import json as _json
+    from labnb.bandit import ALGORITHMS
+    from labnb.rewards import AGGREGATIONS, BASELINE_METHODS
+    root = Path(__file__).resolve().parents[1] / "nbs"
+    def table(nb):
+        cells = _json.loads((root / nb).read_text())["cells"]
+        return next("".join(c["source"]) for c in cells if c["cell_type"] == "markdown" and "Design-document names" in "".join(c["source"]))
+    bandit = table("15_bandit.ipynb")
+    for name in [*ALGORITHMS, *AGGREGATIONS, *[m for m in BASELINE_METHODS if m != "last"], "corpus_cache_path",
+                 "corpus_max_examples_per_task", "bandit_progress.csv", "reference: brute"]:
+        assert name in bandit, name
+    rnd = table("11_rnd.ipynb")
+    for name in ["analyze_and_visualize", "analysis.json", *(f"fig_{k}.png" for k in ("loss", "novelty_hist", "score_vs_length", "roc", "seed_spread", "pca"))]:
+        assert name in rnd, name
