@@ -3,6 +3,7 @@ SQLite) against a direct call of kvpress's own pipeline on the same inputs, same
 A/B calls are interleaved so that load on the machine hits both alike; the ratio of medians is reported.
 
     python benchmarks/bench_kv.py [--model smollm2-135m] [--n 6] [--press snapkv] [--ratio 0.5]
+    python benchmarks/bench_kv.py --store-sizes 1000,10000,100000   # the SQLite store alone, per request, by store size
 """
 import argparse, copy, json, statistics, sys, tempfile, time
 from pathlib import Path
@@ -17,6 +18,35 @@ from labnb.kv_run import KVRunner, RunSpec, _one
 from labnb.store import atomic_write_json
 
 
+def bench_store(n: int, ops: int = 2000, reps: int = 5, batch: int = 16) -> dict:
+    """The KV store alone with `n` planned requests: add them (one transaction), then claim + complete one at a time
+    (best of `reps` rounds of `ops // reps`), claim `batch` at once + complete each, list pending, resume scan."""
+    from labnb.kv_store import KVStore, process_owner
+    resp = dict(text="answer", finish_reason="stop", prompt_tokens=100, completion_tokens=5, latency_s=0.1)
+    with tempfile.TemporaryDirectory() as d:
+        st = KVStore(Path(d) / "kv.sqlite")
+        st.add_examples([dict(example_id=f"e{i}", task="t", question="q", context="c", answers=["a"]) for i in range(n)])
+        st.ensure_run("r", press="p", budget_kind="ratio", budget=0.5, model="m", tokenizer="t", prompt_template_hash="p", dataset_hash="d")
+        t0 = time.perf_counter(); st.add_requests("r", [(f"e{i}", "prompt") for i in range(n)]); add_s = time.perf_counter() - t0
+        me, per = process_owner(), max(1, min(ops, n // 2) // reps)
+        rounds = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            for _ in range(per):
+                (ex, _a), = st.claim("r", 1, me); st.complete("r", ex, resp, owner=me)
+            rounds.append((time.perf_counter() - t0) / per)
+        t0, k = time.perf_counter(), 0
+        while k < per:
+            for ex, _a in st.claim("r", batch, me): st.complete("r", ex, resp, owner=me); k += 1
+        batched = (time.perf_counter() - t0) / k
+        t0 = time.perf_counter(); n_pending = len(st.pending("r")); pending_s = time.perf_counter() - t0
+        t0 = time.perf_counter(); st.resume_scan("r"); scan_s = time.perf_counter() - t0
+    return dict(n=n, add_requests_us_per_row=1e6 * add_s / n, claim_complete_ms=1000 * min(rounds),
+                claim_complete_ms_median=1000 * statistics.median(rounds), claim_batch=batch,
+                claim_batch_complete_ms=1000 * batched, pending_ms=1000 * pending_s, n_pending=n_pending,
+                resume_scan_ms=1000 * scan_s)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -26,8 +56,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--store-reps", type=int, default=200, help="repetitions of the SQLite bookkeeping alone")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "kv.json"))
+    ap.add_argument("--out", default=None, help="result JSON (default benchmarks/results/kv.json or kv_store.json)")
+    ap.add_argument("--store-sizes", default="", help="comma-separated store sizes: benchmark the SQLite store alone")
     a = ap.parse_args(argv)
+    if a.store_sizes:
+        import os
+        rows = [bench_store(int(n)) for n in a.store_sizes.split(",")]
+        out = dict(benchmark="kv store: claim + complete per request by store size", created=now_iso(), load_avg=os.getloadavg(),
+                   sizes=rows, versions=package_versions())
+        atomic_write_json(a.out or Path(__file__).parent / "results" / "kv_store.json", out)
+        for r in rows: print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}))
+        return out
+    a.out = a.out or str(Path(__file__).parent / "results" / "kv.json")
     torch.set_num_threads(a.threads)
     from kvpress import KVPressTextGenerationPipeline
     with tempfile.TemporaryDirectory() as d:

@@ -6,13 +6,15 @@
 __all__ = ['RunSpec', 'plan_runs', 'check_manifest', 'KVRunner', 'focus_round']
 
 # %% ../nbs/35_kv_run.ipynb #8f35b521
-import time
+import contextlib, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from fastcore.basics import patch
+
 from .core import logger
 from .kv_config import redact_secrets
-from .kv_store import KVStore, RunMismatch
+from .kv_store import LEASE_S, KVStore, RunMismatch, process_owner
 from .kv_prepare import PROMPTS, TASKS, templates_of, styles_of, prompt_hash_of, read_manifest, selected_ids
 from .kv_engines import GenRequest, GenResult, make_engine
 
@@ -58,6 +60,7 @@ class KVRunner:
         self.guards = check_manifest(cfg, self.manifest)
         self.templates = {t: PROMPTS[name] for t, name in templates_of(cfg).items()}
         self.styles = styles_of(cfg)
+        self.owner = process_owner()     # claims requests in the store under this name
         self._examples = None
     def examples(self) -> dict:
         if self._examples is None: self._examples = {e["example_id"]: e for e in self.store.examples()}
@@ -82,38 +85,64 @@ class KVRunner:
         return c + q + "\n" + a
 
 # %% ../nbs/35_kv_run.ipynb #9368390c
-def _one(self, spec: RunSpec, ex_id: str):
-    "Run one request and persist it."
+def _one(self, spec: RunSpec, ex_id: str, owner: str|None = None):
+    "Run one request and persist it; with `owner`, the request was claimed by it (else it is marked running here)."
     st, rid = self.store, spec.run_id
-    st.start_request(rid, ex_id)
+    if owner is None: st.start_request(rid, ex_id)
     try: res = self.engine.generate(self.request(self.examples()[ex_id], spec),
                                     on_failure=lambda **kw: st.record_failure(rid, ex_id, **kw))
     except Exception as e:                          # an engine bug fails this request, not the run
         logger.exception("engine failed on %s / %s", rid, ex_id)
         res = GenResult(error_type="ENGINE_ERROR", error=f"{type(e).__name__}: {str(e)[:300]}")
         st.record_failure(rid, ex_id, "ENGINE_ERROR", res.error, final=True)
-    st.record_response(rid, ex_id, res.response())
+    st.complete(rid, ex_id, res.response(), owner=owner)
     return res
 
-def _execute(self, spec: RunSpec, progress: bool = True, limit: int|None = None) -> dict:
-    "Run the unfinished requests of one run; returns its request counts."
+@contextlib.contextmanager
+def _heartbeat(store: KVStore, owner: str, lease_s: float = LEASE_S):
+    "Renew `owner`'s leases every `lease_s / 3` seconds in a thread while the block runs."
+    stop = threading.Event()
+    def beat():
+        while not stop.wait(lease_s / 3):
+            try: store.heartbeat(owner, lease_s)
+            except Exception as e: logger.warning("heartbeat failed: %s", e)
+        store.close()                               # this thread's connection
+    th = threading.Thread(target=beat, daemon=True, name="kv-heartbeat"); th.start()
+    try: yield
+    finally: stop.set(); th.join(timeout=5)
+
+@patch
+def execute(self: KVRunner, spec: RunSpec, progress: bool = True, limit: int|None = None) -> dict:
+    """Run the unfinished requests of one run (at most `limit`), claiming each before it runs so that other processes
+    on the same group never run it too; returns the run's request counts."""
     from tqdm.auto import tqdm
-    todo = self.store.todo(spec.run_id, retry_failed=self.cfg.run.retry_failed)[:limit]
-    if todo:
+    retry, t0 = self.cfg.run.retry_failed, time.time()
+    todo = len(self.store.resume_scan(spec.run_id, retry_failed=retry, owner=self.owner))
+    n_max = todo if limit is None else min(limit, todo)
+    if n_max:
         self.store.set_run_status(spec.run_id, "running")
-        bar = tqdm(total=len(todo), desc=spec.run_id, disable=not progress)
+        bar, lock, taken = tqdm(total=n_max, desc=spec.run_id, disable=not progress), threading.Lock(), [0]
+        def worker():
+            while True:
+                with lock:
+                    if taken[0] >= n_max: return
+                    taken[0] += 1
+                got = self.store.claim(spec.run_id, 1, self.owner, retry_failed=retry, failed_before=t0)
+                if not got: return
+                _one(self, spec, got[0][0], self.owner); bar.update()
         workers = self.cfg.engine.max_concurrency if self.cfg.engine.name != "transformers" else 1
-        if workers == 1:
-            for i in todo: _one(self, spec, i); bar.update()
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                for _ in pool.map(lambda i: _one(self, spec, i), todo): bar.update()
+        with _heartbeat(self.store, self.owner):
+            if workers == 1: worker()
+            else:
+                with ThreadPoolExecutor(workers) as pool:
+                    for f in [pool.submit(worker) for _ in range(workers)]: f.result()
         bar.close()
     counts = self.store.request_counts(spec.run_id)
     self.store.set_run_status(spec.run_id, "completed" if counts["pending"] + counts["running"] == 0 else "partial")
     return counts
 
-def _run(self, progress: bool = True, limit: int|None = None, only: list[str]|None = None) -> dict:
+@patch
+def run(self: KVRunner, progress: bool = True, limit: int|None = None, only: list[str]|None = None) -> dict:
     "Execute every planned run (uniform sample; then `focus_transition` rounds if configured). Returns counts per run."
     if self.engine is None: self.engine = make_engine(self.cfg.engine)
     specs = [s for s in plan_runs(self.cfg) if only is None or s.run_id in only]
@@ -121,15 +150,13 @@ def _run(self, progress: bool = True, limit: int|None = None, only: list[str]|No
     out = {}
     for s in specs:
         self.open_run(s); self.add(s, ids)
-    for s in specs: out[s.run_id] = _execute(self, s, progress, limit)
+    for s in specs: out[s.run_id] = self.execute(s, progress, limit)
     if self.cfg.run.sampling == "focus_transition" and limit is None:
         for r in range(1, self.cfg.run.focus.rounds + 1):
             added = focus_round(self, r, specs)
             if not added: break
-            for s in specs: out[s.run_id] = _execute(self, s, progress)
+            for s in specs: out[s.run_id] = self.execute(s, progress)
     return out
-
-KVRunner.execute, KVRunner.run = _execute, _run
 
 # %% ../nbs/35_kv_run.ipynb #37d810d8
 def focus_round(self, round: int, specs: list[RunSpec]) -> int:
