@@ -211,7 +211,8 @@ def check_data(cfg: ExperimentConfig) -> dict:
     from labnb.data import DataError, get_spec, resolve_file
     out = {}
     for t in cfg.tasks:
-        out[t] = n = len(task_pairs(t))
+        try: out[t] = n = len(task_pairs(t))
+        except DataError as e: raise DataError(f"{e} (config key tasks.{t})") from None
         if n < MIN_PAIRS:
             spec = get_spec(t)
             raise DataError(f"{n} input/output pairs for task {t} (config key tasks.{t}); at least {MIN_PAIRS} are needed",

@@ -25,8 +25,9 @@ def _cmd_verify(a):
         print("labnb llgbm verify RUN_DIR is deprecated: use `labnb llgbm reproduce RUN_DIR`", file=sys.stderr)
         return _cmd_reproduce(a)
     from labnb.llgbm import verify_setup
+    from labnb.cli import format_table
     tab = verify_setup(_config(a), load_models=not a.no_models)
-    print(tab.to_string(index=False))
+    print(format_table(tab.to_dict("records")))
     return 0 if (tab["status"] == "OK").all() else 1
 
 def _cmd_reproduce(a):

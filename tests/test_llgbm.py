@@ -172,8 +172,13 @@ def test_empty_task_data_names_file_and_key(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("LABNB_HOME", str(tmp_path)); monkeypatch.setenv("LABNB_DATA", str(data)); monkeypatch.setenv("LABNB_OFFLINE", "1")
     code, _, err = _run(capsys, "train", str(tmp_path / "run"), "--config-file", SMOKE, "-s", "tasks={fv/antonym: linguistic}",
                         "-s", "heldout=[]", "--quiet")
-    assert code == 2; _one_line_error(err, "antonym.json", "tasks.fv/antonym", "0 input/output pairs")
+    assert code == 2; _one_line_error(err, "antonym.json", "tasks.fv/antonym")
     assert "max()" not in err and not (tmp_path / "run").exists() and not (tmp_path / ".cache").exists()
+    (data / "function_vectors/dataset_files/abstractive/antonym.json").write_text('[{"input": "a", "output": "b"},\n {"input": "c", "output": "d"}]')
+    code, _, err = _run(capsys, "train", str(tmp_path / "run"), "--config-file", SMOKE, "-s", "tasks={fv/antonym: linguistic}",
+                        "-s", "heldout=[]", "--quiet")
+    assert code == 2; _one_line_error(err, "antonym.json", "tasks.fv/antonym", "2 input/output pairs")
+    assert not (tmp_path / "run").exists() and not (tmp_path / ".cache").exists()
 
 
 _CLI = "import sys; from labnb.llgbm_cli import main; sys.exit(main(sys.argv[1:]))"
