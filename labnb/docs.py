@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['SECTIONS', 'WIDGET_VIEW', 'WIDGET_STATE', 'MATHJAX_CONFIG', 'EXTRA_CSS', 'Page', 'page_href', 'find_pages',
-           'front_matter', 'module_name', 'api_names', 'docments_section', 'widget_text', 'clean_notebook',
-           'clean_notebooks', 'jupyter_pre_save', 'install_jupyter_hook', 'slugify', 'Ctx', 'build_ctx',
-           'rewrite_markdown', 'render_output', 'page_markdown', 'stage', 'mkdocs_config', 'build_site', 'check_site',
-           'build_docs', 'write_readme']
+           'front_matter', 'module_name', 'api_names', 'docments_section', 'widget_text', 'repo_settings',
+           'clean_notebook', 'clean_notebooks', 'jupyter_pre_save', 'install_jupyter_hook', 'slugify', 'Ctx',
+           'build_ctx', 'rewrite_markdown', 'render_output', 'page_markdown', 'stage', 'mkdocs_config', 'build_site',
+           'check_site', 'build_docs', 'write_readme']
 
-# %% ../nbs/94_docs.ipynb #d456444b
+# %% ../nbs/94_docs.ipynb #8971b701
 import ast, hashlib, html, json, logging, os, re, shutil, subprocess, sys, tempfile, time
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -21,7 +21,7 @@ import nbformat
 from .core import logger, paths
 from .store import atomic_write
 
-# %% ../nbs/94_docs.ipynb #b9bf8d89
+# %% ../nbs/94_docs.ipynb #ee8e0500
 SECTIONS = {"library": "*.ipynb", "experiments": "experiments/*.ipynb", "runs": "runs/*.ipynb"}
 
 @dataclass
@@ -50,7 +50,7 @@ def find_pages(nbs: Path|None = None) -> list[Page]:
         out += [Page(p, page_href(p, nbs), sec) for p in sorted(nbs.glob(pat)) if p.name != "index.ipynb" and not p.name.startswith("_")]
     return out
 
-# %% ../nbs/94_docs.ipynb #5ccb0cae
+# %% ../nbs/94_docs.ipynb #0927a346
 _DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+)\s*:?\s*(.*)$")
 
 def _src(c: dict) -> str: return "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
@@ -79,7 +79,7 @@ def front_matter(nb: dict) -> dict:
             break
     return fm
 
-# %% ../nbs/94_docs.ipynb #8e3fc426
+# %% ../nbs/94_docs.ipynb #71ddafbe
 def module_name(nb: dict) -> str|None:
     "The dotted module a notebook exports to (`#| default_exp kv.store` -> `labnb.kv.store`)."
     from nbdev.config import get_config
@@ -96,7 +96,7 @@ def api_names(src: str) -> list[str]:
     defs = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
     return [n.name for n in tree.body if isinstance(n, defs) and not n.name.startswith("_")]
 
-# %% ../nbs/94_docs.ipynb #927d5324
+# %% ../nbs/94_docs.ipynb #1700d1e8
 def _comments(lines: list[str], start: int) -> dict[int, str]:
     "Line number (1-based, counted from `start`) -> text of the comment ending that line."
     import io, tokenize
@@ -120,7 +120,7 @@ def docments_section(node: ast.AST, lines: list[str], start: int) -> str:
     if node.returns is not None and ret: out += f"\nReturns\n-------\n{ast.unparse(node.returns)}\n    {ret.removeprefix('->').strip()}\n"
     return out
 
-# %% ../nbs/94_docs.ipynb #5ffed89c
+# %% ../nbs/94_docs.ipynb #77fb6bb1
 try: import griffe as _griffe
 except ImportError: _griffe = None
 
@@ -139,7 +139,7 @@ if _griffe is not None:
             else: func.docstring = _griffe.Docstring(value, parent=func, parser=getattr(agent, "docstring_parser", None),
                                                      parser_options=getattr(agent, "docstring_options", None))
 
-# %% ../nbs/94_docs.ipynb #7fa8bd63
+# %% ../nbs/94_docs.ipynb #cec596c0
 WIDGET_VIEW, WIDGET_STATE = "application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json"
 
 def widget_text(data: dict, state: dict) -> str:
@@ -158,16 +158,29 @@ def widget_text(data: dict, state: dict) -> str:
         else: parts.append(html.unescape(str(s.get("value", ""))).replace("\u2007", " "))
     return "".join(parts).strip()
 
-# %% ../nbs/94_docs.ipynb #2fe01594
+# %% ../nbs/94_docs.ipynb #6f5b8994
+def repo_settings(path) -> tuple[Path, dict]|None:
+    "The folder holding the `settings.ini` at or above `path`, and its settings (None outside an nbdev repository)."
+    from configparser import ConfigParser
+    p = Path(path).resolve()
+    for d in ([p] if p.is_dir() else []) + list(p.parents):
+        if (d / "settings.ini").is_file():
+            c = ConfigParser(delimiters=["="]); c.read(d / "settings.ini")
+            return d, dict(c["DEFAULT"]) if "DEFAULT" in c else {}
+    return None
+
 def clean_notebook(nb: dict, path=None) -> dict:
-    "Clean `nb` in place like `nbdev_clean` (settings.ini of `path`'s repo), widget outputs as plain text, no widget state."
-    from nbdev.clean import _nbdev_clean
+    "Clean `nb` in place like `nbdev_clean` (settings.ini at or above `path`), widget outputs as plain text, no widget state."
+    from nbdev.clean import clean_nb
     state = nb.get("metadata", {}).get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     for c in nb["cells"]:
         for o in c.get("outputs", []):
             if WIDGET_VIEW in o.get("data", {}): o["data"], o["metadata"] = {"text/plain": widget_text(o["data"], state)}, {}
     for k in ("widgets", "language_info"): nb.get("metadata", {}).pop(k, None)
-    _nbdev_clean(nb, path=path)
+    cfg = (repo_settings(path or paths().home) or (None, {}))[1]
+    flag = lambda k, default: cfg.get(k, str(default)).strip().lower() in ("true", "1", "yes")
+    clean_nb(nb, flag("clear_all", False), cfg.get("allowed_metadata_keys", "").split(),
+             cfg.get("allowed_cell_metadata_keys", "").split(), flag("clean_ids", True))
     return nb
 
 def _write_nb(nb: dict, dest: Path):
@@ -187,16 +200,14 @@ def clean_notebooks(where=None) -> list[Path]:
         if p.read_text(encoding="utf-8") != before: changed.append(p)
     return changed
 
-# %% ../nbs/94_docs.ipynb #d4a58f2b
-def jupyter_pre_save(model: dict, path: str, **kw):
+# %% ../nbs/94_docs.ipynb #547332a6
+def jupyter_pre_save(model: dict, path: str, contents_manager=None, **kw):
     "Jupyter server pre-save hook: clean a notebook saved inside a labnb repository before it is written."
     if model.get("type") != "notebook" or model.get("content", {}).get("nbformat") != 4: return
-    from nbdev.config import get_config
-    get_config.cache_clear()
-    try: cfg = get_config(path=Path(path).parent if Path(path).is_absolute() else Path.cwd() / Path(path).parent)
-    except Exception: return
-    if cfg.get("lib_name") != "labnb": return
-    clean_notebook(model["content"], path=cfg.config_path)
+    file = (Path(getattr(contents_manager, "root_dir", None) or Path.cwd()) / path.lstrip("/")).resolve()
+    repo = repo_settings(file.parent)
+    if repo is None or repo[1].get("lib_name") != "labnb": return
+    clean_notebook(model["content"], path=repo[0])
 
 def install_jupyter_hook(prefix=None) -> Path:
     "Install `jupyter_pre_save` for the Jupyter server of this environment (`{sys.prefix}/etc/jupyter`)."
@@ -206,7 +217,7 @@ def install_jupyter_hook(prefix=None) -> Path:
     atomic_write(dest, json.dumps({"ContentsManager": {"pre_save_hook": "labnb.docs.jupyter_pre_save"}}, indent=2) + "\n")
     return dest
 
-# %% ../nbs/94_docs.ipynb #910d4338
+# %% ../nbs/94_docs.ipynb #5966acc6
 def slugify(text: str) -> str:
     "The anchor Python-Markdown's `toc` gives a heading."
     from markdown.extensions.toc import slugify as _slug
@@ -236,7 +247,7 @@ def build_ctx(pages: list[Page]) -> Ctx:
         anchors[p.href] = a
     return Ctx(pages, api, anchors)
 
-# %% ../nbs/94_docs.ipynb #568ab1f7
+# %% ../nbs/94_docs.ipynb #f57c3447
 _FENCE = re.compile(r"(^```.*?^```[ \t]*$|^~~~.*?^~~~[ \t]*$)", re.M | re.S)
 
 def _rel(target: str, page: Page) -> str: return os.path.relpath(target, Path(page.href).parent).replace(os.sep, "/")
@@ -282,7 +293,7 @@ def rewrite_markdown(text: str, page: Page, ctx: Ctx, prefix: str = "", mod: str
         out.append(part)
     return "".join(out)
 
-# %% ../nbs/94_docs.ipynb #1ae4fb1c
+# %% ../nbs/94_docs.ipynb #0a9972e4
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 def _text(s) -> str:
@@ -317,7 +328,7 @@ def render_output(o: dict, stem: str, assets: dict, state: dict) -> str:
     if "text/plain" in data: return _block(_text(data["text/plain"]))
     return ""
 
-# %% ../nbs/94_docs.ipynb #2d683e02
+# %% ../nbs/94_docs.ipynb #d7c5326e
 def page_markdown(page: Page, ctx: Ctx, prefix: str = "") -> tuple[str, dict]:
     "The Markdown of `page` (from its notebook's committed cells and outputs) and its images {file name: bytes}."
     nb = json.loads(page.src.read_text(encoding="utf-8"))
@@ -347,7 +358,7 @@ def page_markdown(page: Page, ctx: Ctx, prefix: str = "") -> tuple[str, dict]:
     head = f"---\ntitle: {json.dumps(page.title)}\n---\n\n# {page.title}\n\n" + (f"> {desc}\n\n" if desc else "")
     return head + "\n".join(x for x in out if x), assets
 
-# %% ../nbs/94_docs.ipynb #08e4fc8b
+# %% ../nbs/94_docs.ipynb #8dc40cd1
 def _site_prefix() -> str:
     from nbdev.config import get_config
     try: cfg = get_config(path=paths().home)
@@ -370,7 +381,7 @@ def _contents(pages: list[Page]) -> str:
         if items: out.append(f"\n### {title}\n\n" + "".join(f"- [{p.title}]({p.md}): {p.description}\n" for p in items))
     return "".join(out)
 
-# %% ../nbs/94_docs.ipynb #81cc9ade
+# %% ../nbs/94_docs.ipynb #3d954de8
 def _key(*parts) -> str: return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:16]
 
 def stage(pages: list[Page], src: Path) -> list[str]:
@@ -403,7 +414,7 @@ def stage(pages: list[Page], src: Path) -> list[str]:
     atomic_write(index_file, json.dumps(new))
     return written
 
-# %% ../nbs/94_docs.ipynb #b08634e4
+# %% ../nbs/94_docs.ipynb #51b79a17
 MATHJAX_CONFIG = """window.MathJax = {
   tex: {inlineMath: [["\\\\(", "\\\\)"]], displayMath: [["\\\\[", "\\\\]"]], processEscapes: true, processEnvironments: true},
   options: {ignoreHtmlClass: ".*|", processHtmlClass: "arithmatex"}
@@ -450,7 +461,7 @@ def mkdocs_config(pages: list[Page], src: Path, site: Path) -> Path:
     atomic_write(dest, yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
     return dest
 
-# %% ../nbs/94_docs.ipynb #42e58933
+# %% ../nbs/94_docs.ipynb #68f7e862
 class _Collect(logging.Handler):
     "Keeps mkdocs' log records of level WARNING and above."
     def __init__(self): super().__init__(logging.WARNING); self.records = []
@@ -485,7 +496,7 @@ def build_site(out="_docs", pages: list[Page]|None = None) -> Path:
     logger.info("docs: %d pages (%d re-processed) in %.1f s -> %s", len(pages), len(written), time.time() - t0, out)
     return out
 
-# %% ../nbs/94_docs.ipynb #978979f0
+# %% ../nbs/94_docs.ipynb #d3db5bed
 class _Refs(HTMLParser):
     "The ids, links and image sources of one HTML page."
     def __init__(self):
@@ -522,7 +533,7 @@ def check_site(out) -> dict:
                 broken.append((p, url, "missing anchor"))
     return {"pages": pages, "broken": broken, "images": images}
 
-# %% ../nbs/94_docs.ipynb #5531e58d
+# %% ../nbs/94_docs.ipynb #1e0ec7c2
 def build_docs(out="_docs", execute: bool = False, engine: str|None = None) -> Path:
     "Build the docs: `nbdev_docs` where Quarto is installed (or `engine='quarto'`), else the mkdocs site (`build_site`)."
     engine = engine or ("quarto" if shutil.which("quarto") else "mkdocs")
@@ -536,7 +547,7 @@ def build_docs(out="_docs", execute: bool = False, engine: str|None = None) -> P
                                             "; ".join(f"{p}: {u} ({w})" for p, u, w in report["broken"][:20]))
     return site
 
-# %% ../nbs/94_docs.ipynb #5348e4fd
+# %% ../nbs/94_docs.ipynb #2e47222f
 def write_readme(dest=None, execute: bool = False, images_dir: str = "results/docs/readme") -> Path:
     "Render `nbs/index.ipynb` (its committed outputs) to `README.md` as Markdown."
     home, nbs = paths().home, paths().nbs

@@ -165,3 +165,23 @@ def test_committed_notebooks_are_in_clean_form():
         before = json.dumps(nb, sort_keys=True)
         if json.dumps(clean_notebook(nb, path=p.parent), sort_keys=True) != before: dirty.append(p.relative_to(REPO).as_posix())
     assert dirty == [], f"run `python -c 'from labnb.docs import clean_notebooks; clean_notebooks()'`: {dirty}"
+
+
+def test_jupyter_server_save_runs_the_clean_hook(tmp_path):
+    "A notebook saved through Jupyter server's contents manager (what JupyterLab's save does) is written clean."
+    from jupyter_server.services.contents.filemanager import FileContentsManager
+    from labnb.docs import install_jupyter_hook
+    hook = json.loads(install_jupyter_hook(prefix=tmp_path).read_text())["ContentsManager"]["pre_save_hook"]
+    with scratch_home(templates_=()) as h:
+        cm = FileContentsManager(root_dir=str(h), pre_save_hook=hook)
+        committed = (REPO / "nbs" / "runs" / "smoke_overfit.ipynb").read_text()
+        nb = json.loads(committed)
+        nb["metadata"]["language_info"] = {"name": "python", "version": "3.11.7"}
+        nb["metadata"]["widgets"] = {WIDGET_STATE: {"state": {}, "version_major": 2, "version_minor": 0}}
+        saved = json.dumps(nb)
+        (h / "nbs" / "runs").mkdir(parents=True)
+        cm.save({"type": "notebook", "format": "json", "content": json.loads(saved)}, "nbs/runs/smoke_overfit.ipynb")
+        assert json.loads((h / "nbs" / "runs" / "smoke_overfit.ipynb").read_text()) == json.loads(committed)
+    other = tmp_path / "other"; other.mkdir()                                     # outside any labnb repository: untouched
+    FileContentsManager(root_dir=str(other), pre_save_hook=hook).save({"type": "notebook", "format": "json", "content": json.loads(saved)}, "x.ipynb")
+    assert "language_info" in json.loads((other / "x.ipynb").read_text())["metadata"]
