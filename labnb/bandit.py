@@ -126,11 +126,20 @@ class EventLog:
     def __init__(self, path): self.path = Path(path)
     def events(self) -> list[dict]:
         if not self.path.exists(): return []
+        from labnb.data import DataError
         out = []
-        for i, line in enumerate(self.path.read_text().splitlines(), 1):
+        try: text = self.path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e: raise DataError(f"event log is not UTF-8 text ({e.reason})", self.path) from None
+        for i, line in enumerate(text.splitlines(), 1):
             if not line.strip(): continue
-            try: out.append(json.loads(line))
-            except json.JSONDecodeError as e: raise ValueError(f"{self.path}:{i}: malformed event ({e.msg})") from None
+            try: ev = json.loads(line)
+            except json.JSONDecodeError as e: raise DataError(f"malformed event ({e.msg})", self.path, i) from None
+            if not isinstance(ev, dict): raise DataError(f"expected a JSON object, got {type(ev).__name__}", self.path, i)
+            if ev.get("type") == "pull":
+                if not isinstance(ev.get("arm"), str): raise DataError("pull event without an arm id", self.path, i, "arm")
+                if not isinstance(ev.get("reward"), (int, float)) or isinstance(ev.get("reward"), bool):
+                    raise DataError(f"expected a number, got {ev.get('reward')!r}", self.path, i, "reward")
+            out.append(ev)
         return out
     def append(self, event: dict):
         old = self.path.read_text() if self.path.exists() else ""
@@ -169,7 +178,11 @@ def run_bandit(arm_ids: Sequence[str], X: np.ndarray, reward_fn: Callable[[str],
                 raise ValueError(f"{log.path} was written by another run ({k} differs); use another log path")
     else: log.append({**head, "time": now_iso()})
     pulls = [e for e in events if e.get("type") == "pull"]
-    for e in pulls: bandit.update(arm_ids.index(e["arm"]), e["reward"])
+    for e in pulls:
+        if e["arm"] not in arm_ids:
+            from labnb.data import DataError
+            raise DataError(f"pull {e.get('t')}: unknown arm {e['arm']!r}", log.path, field="arm")
+        bandit.update(arm_ids.index(e["arm"]), e["reward"])
     if pulls: logger.info("resumed %s with %d pulls", log.path, len(pulls))
     write = (lambda: atomic_write(progress_path, progress_table(pulls).to_csv(index=False))) if progress_path else (lambda: None)
     write()
@@ -192,8 +205,11 @@ def cached_reference(arm_ids: Sequence[str], reward_fn: Callable[[str], float], 
     "`brute_force`, read from the CSV `path` when it holds exactly these arms, else computed and written there atomically."
     path = Path(path)
     if path.is_file():
-        got = pd.read_csv(path)
-        if set(got.columns) >= {"arm", "reward"} and sorted(got.arm.astype(str)) == sorted(map(str, arm_ids)):
+        try: got = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            logger.warning("%s is unreadable (%s); computing the reference again", path, e); got = pd.DataFrame()
+        if set(got.columns) >= {"arm", "reward"} and sorted(got.arm.astype(str)) == sorted(map(str, arm_ids)) \
+                and pd.to_numeric(got.reward, errors="coerce").notna().all():
             logger.info("brute-force reference read from %s", path)
             return got[["arm", "reward"]].assign(arm=got.arm.astype(str))
         logger.warning("%s holds other arms; computing the reference again", path)

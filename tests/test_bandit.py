@@ -185,3 +185,22 @@ def test_design_document_name_tables():
     rnd = table("11_rnd.ipynb")
     for name in ["analyze_and_visualize", "analysis.json", *(f"fig_{k}.png" for k in ("loss", "novelty_hist", "score_vs_length", "roc", "seed_spread", "pca"))]:
         assert name in rnd, name
+
+
+def test_bandit_state_files_errors_name_file_line_field(tmp_path):
+    from labnb.data import DataError
+    from labnb.rewards import cached_corpus
+    X, mu, _ = synthetic_problem(n_arms=6, noise=0.0, seed=1)
+    ids = [f"arm{i}" for i in range(6)]
+    cfg = BanditConfig(budget=3)
+    log = tmp_path / "events.jsonl"
+    run_bandit(ids, X, lambda a: float(mu[int(a[3:])]), cfg, log)
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join(lines[:2] + [lines[2].replace('"reward": ', '"reward": "x", "was": ')]) + "\n")
+    with pytest.raises(DataError) as e: run_bandit(ids, X, lambda a: 0.0, cfg, log)
+    assert (e.value.line, e.value.field) == (3, "reward") and "events.jsonl" in str(e.value)
+    log.write_text("\n".join(lines[:2] + [lines[2].replace('"arm": "arm', '"arm": "gone')]) + "\n")
+    with pytest.raises(DataError, match="field 'arm': pull 1: unknown arm 'gone"): run_bandit(ids, X, lambda a: 0.0, cfg, log)
+    bad = tmp_path / "corpus.json"; bad.write_text('{"tasks": ["SST2"], "texts": ["a", ')
+    with pytest.raises(ValueError, match=r"corpus.json: .*not valid JSON"):
+        cached_corpus(["SST2"], 3, 0, bad)
