@@ -187,7 +187,7 @@ def test_hub_revisions_load_offline_with_provenance(tmp_path, monkeypatch):
 BF16 = dict(rtol=5e-2, atol=1e-3)
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3", "gpt2", "falcon"])
+@pytest.mark.parametrize("arch", DECODERS)
 def test_bf16_head_sweep_hooks_and_lora_match_fp32(arch):
     from labnb.fv import patched_probs
     from labnb.lora import LoraSpec, default_lora_modules, functional_lora, lora_layout, random_lora
