@@ -9,7 +9,7 @@ __all__ = ['ALGORITHMS', 'GRIDS', 'standardize', 'BanditConfig', 'LinUCB', 'Rand
            'reward_heatmap', 'metric_scatter', 'picks_plot', 'Grid', 'model_grid']
 
 # %% ../nbs/15_bandit.ipynb #2d72b383
-import hashlib, json, math
+import contextlib, hashlib, json, math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -162,7 +162,23 @@ def progress_table(pulls: Sequence[dict]) -> pd.DataFrame:
 def run_bandit(arm_ids: Sequence[str], X: np.ndarray, reward_fn: Callable[[str], float], cfg: BanditConfig, log_path,
                standardization: dict|None = None, progress: bool = False, progress_path=None) -> pd.DataFrame:
     """Run (or resume) policy `cfg.algorithm` for `cfg.budget` pulls; `reward_fn(arm_id)`; returns the pull events as a frame.
-    With `progress_path`, `progress_table` is written there (atomically, CSV) at the start and after every pull."""
+    With `progress_path`, `progress_table` is written there (atomically, CSV) at the start and after every pull.
+    A second process on the same log waits for the first (a lock file beside the log), then finds its pulls done."""
+    with _log_lock(log_path):
+        return _run_bandit(arm_ids, X, reward_fn, cfg, log_path, standardization, progress, progress_path)
+
+@contextlib.contextmanager
+def _log_lock(log_path):
+    import fcntl
+    lock = Path(log_path).with_name(Path(log_path).name + ".lock"); lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting for another process running %s", log_path); fcntl.flock(f, fcntl.LOCK_EX)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+def _run_bandit(arm_ids, X, reward_fn, cfg, log_path, standardization, progress, progress_path) -> pd.DataFrame:
     from tqdm.auto import tqdm
     arm_ids = [str(a) for a in arm_ids]
     if len(set(arm_ids)) != len(arm_ids): raise ValueError("arm ids must be unique")

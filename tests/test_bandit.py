@@ -204,3 +204,25 @@ def test_bandit_state_files_errors_name_file_line_field(tmp_path):
     bad = tmp_path / "corpus.json"; bad.write_text('{"tasks": ["SST2"], "texts": ["a", ')
     with pytest.raises(ValueError, match=r"corpus.json: .*not valid JSON"):
         cached_corpus(["SST2"], 3, 0, bad)
+
+
+TWO_SCRIPT = textwrap.dedent("""
+    import sys, time
+    from labnb.bandit import BanditConfig, run_bandit, synthetic_problem
+    X, mu, _ = synthetic_problem(n_arms=20, noise=0.0, seed=7)
+    def slow(a):
+        with open(sys.argv[2], "a") as f: f.write(a + "\\n")
+        time.sleep(0.15); return float(mu[int(a[3:])])
+    run_bandit([f"arm{i}" for i in range(20)], X, slow, BanditConfig(alpha=0.7, budget=6), sys.argv[1])
+""")
+
+
+def test_two_processes_on_one_log_evaluate_each_pull_once(tmp_path):
+    script = tmp_path / "job.py"; script.write_text(TWO_SCRIPT)
+    log, calls = tmp_path / "events.jsonl", tmp_path / "calls.txt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ps = [subprocess.Popen([sys.executable, str(script), str(log), str(calls)], env=env) for _ in range(2)]
+    assert [p.wait(timeout=120) for p in ps] == [0, 0]
+    pulls = [e for e in EventLog(log).events() if e["type"] == "pull"]
+    assert [e["t"] for e in pulls] == list(range(6)) and len({e["arm"] for e in pulls}) == 6
+    assert sorted(calls.read_text().split()) == sorted(e["arm"] for e in pulls)   # no pull computed twice
