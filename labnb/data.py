@@ -721,6 +721,7 @@ def load_longbench(path, limit: int|None = None) -> list[LongContextQA]:
     path = Path(path)
     if not path.is_file(): raise DataError("LongBench file not found", path)
     recs = dedupe_ids([r for row in read_jsonl(path) for r in build_longbench(row)])
+    if not recs: raise DataError("no records (empty dataset)", path)
     return recs[:limit] if limit is not None else recs
 
 for _s in LONGBENCH_SUBSETS:

@@ -217,3 +217,9 @@ def test_bandit_cli_reports_broken_data_in_one_line(mirror, tmp_path, capsys):
     assert main(["run", str(cfg), "-q"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "glue_sst2_dev_872.tsv, line 3, field 'label'" in err, err
+
+
+def test_empty_longbench_file_is_an_error(tmp_path):
+    f = tmp_path / "empty.jsonl"; f.write_text("\n")
+    e = error_of(lambda: load_longbench(f))
+    assert e.file == str(f) and "no records" in str(e)
