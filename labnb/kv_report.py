@@ -46,9 +46,7 @@ def fb(b) -> str: return f"{float(b):g}"
 
 # %% ../nbs/38_kv_report.ipynb #4bb2a717
 def _budget_part(a: dict, cfg) -> tuple[str, list[str]]:
-    res = with_baseline(a["results"])
-    sm = summarize(res, metrics=("f1", "em", "contains", "failed"), level=cfg.level, n_boot=cfg.n_boot, seed=cfg.seed,
-                   by=("task", "press", "budget_kind", "budget"))
+    sm = a["budget_summary"]
     mem = a["memory"].set_index(["task", "press", "budget_kind", "budget"]).kv_fraction
     rows, sents = [], []
     for (task, press, kind), g in sm.groupby(["task", "press", "budget_kind"], sort=True):
@@ -69,22 +67,53 @@ def _budget_part(a: dict, cfg) -> tuple[str, list[str]]:
     return md_table(df), sents
 
 def _full_part(a: dict, cfg) -> tuple[str, list[str], set]:
-    sm, res, rows, low = a["summary"], a["results"], [], set()
-    for (task, kind), g in sm.groupby(["task", "budget_kind"], sort=True):
-        m = a["metrics"][task]
-        top = g[g.budget == g.budget.max()]
-        for r in top.sort_values(["press", "bin"]).itertuples():
-            x = res.loc[(res.run_id == r.run_id) & (res.task == task) & (res.bin == r.bin), m]
-            above = above_chance(x, r.chance, cfg.level, cfg.n_boot, cfg.seed)
-            if not above: low.add((task, r.bin))
-            rows.append({"task": task, "press": r.press, "budget": fb(r.budget), "bin": r.bin,
-                         "prompt tokens": f"{int(r.n_tokens_min)}–{int(r.n_tokens_max)}" if pd.notna(r.n_tokens_min) else "—",
-                         "n": r.n, m: fmt_ci(getattr(r, m), getattr(r, f"{m}_lo"), getattr(r, f"{m}_hi")),
-                         "chance": fmt(r.chance), "above chance": "yes" if above else "**no**"})
+    rows, low = [], set()
+    for r in a["full_chance"].itertuples():
+        if not r.above: low.add((r.task, r.bin))
+        rows.append({"task": r.task, "press": r.press, "budget": fb(r.budget), "bin": r.bin,
+                     "prompt tokens": f"{int(r.n_tokens_min)}–{int(r.n_tokens_max)}" if pd.notna(r.n_tokens_min) else "—",
+                     "n": r.n, r.metric: fmt_ci(r.value, r.lo, r.hi), "chance": fmt(r.chance), "above chance": "yes" if r.above else "**no**"})
     sents = ([f"Bins not clearly above chance at full budget (their transitions are not interpretable): "
               + ", ".join(f"{t} bin {b}" for t, b in sorted(low)) + "."] if low else
              ["Every bin is clearly above chance at full budget."])
-    return md_table(pd.DataFrame(rows)), sents, low
+    return md_table(pd.DataFrame(rows).fillna("—")), sents, low
+
+def _bin_stats_part(a: dict) -> list[dict]:
+    "One table per run of the persisted `bin_stats`: (title, table)."
+    out, runs = [], a["summary"].drop_duplicates("run_id").set_index("run_id")
+    order = lambda k: (k[0][0], runs.press.get(k[0][1], ""), -float(runs.budget.get(k[0][1], 0)))
+    for (task, rid), g in sorted(a["bin_stats"].groupby(["task", "run_id"]), key=order):
+        m = g.metric.iloc[0]
+        rows = [{"bin": int(r.bin_idx), "n": int(r.n), f"{m} mean ± std": f"{fmt(r.acc_mean)} ± {fmt(r.acc_std)}",
+                 f"{m} CI": f"[{fmt(r.acc_ci_lo)}, {fmt(r.acc_ci_hi)}]", "em": fmt(r.em_mean), "failure rate": fmt(r.fail_rate),
+                 "latency p50 / p95 (s)": f"{fmt(r.latency_p50, 3)} / {fmt(r.latency_p95, 3)}",
+                 "tokens p50 / p95": f"{fmt(r.tokens_p50, 0)} / {fmt(r.tokens_p95, 0)}"} for r in g.sort_values("bin_idx").itertuples()]
+        out.append(dict(title=f"{rid} · {task}", table=md_table(pd.DataFrame(rows))))
+    return out
+
+def _sanity_part(a: dict, cfg) -> list[str]:
+    "Behavioural checks a sound run passes; each line says ok or what is broken."
+    out, fc = [], a["full_chance"]
+    bad = fc[~fc.above.astype(bool)] if len(fc) else fc
+    out.append("ok: every bin is above chance at full budget." if bad.empty else
+               "**check**: at full budget, not above chance in " + ", ".join(f"{r.task} bin {r.bin} ({r.press}: {fmt(r.value)} vs chance {fmt(r.chance)})"
+                                                                      for r in bad.itertuples()) + ".")
+    bs, rises = a["budget_summary"], []
+    for (task, press, kind), g in bs.groupby(["task", "press", "budget_kind"], sort=True):
+        m, g = a["metrics"][task], g.sort_values("budget", ascending=False)
+        for (b1, v1), (b2, v2) in zip(zip(g.budget, g[m]), list(zip(g.budget, g[m]))[1:]):
+            if is_drop(v2, v1, cfg.threshold): rises.append(f"{press} on {task}: {m} rises from {fmt(v1)} at {fb(b1)} to {fmt(v2)} at {fb(b2)}")
+    out.append(f"ok: no {a['config']['threshold']}-sized rise of accuracy as the budget shrinks." if not rises else
+               "**check**: accuracy is not monotone in the budget (noise with few examples, or a press that helps): " + "; ".join(rises) + ".")
+    grows = []
+    for (task, press, kind), g in a["memory"].groupby(["task", "press", "budget_kind"], sort=True):
+        kv = g.sort_values("budget", ascending=False).kv_mib.to_numpy()
+        if len(kv) > 1 and np.isfinite(kv).all() and (np.diff(kv) > 0.01 * kv[:-1]).any(): grows.append(f"{press} on {task}")
+    known = a["memory"].kv_mib.notna().any() if len(a["memory"]) else False
+    out.append(("ok: the measured KV cache shrinks with the budget." if not grows else
+                "**check**: the measured KV cache grows as the budget shrinks for " + ", ".join(grows) + ".") if known else
+               "not checked: the KV-cache size is unknown (HTTP engines do not report it).")
+    return out
 
 def _summary_part(a: dict) -> tuple[str, list[str]]:
     "The pooled transition of each (task, press) (`kv_analyze.transition_summary`) as a table and a sentence each."
@@ -93,7 +122,7 @@ def _summary_part(a: dict) -> tuple[str, list[str]]:
         found = pd.notna(r.transition_budget)
         rows.append({"task": r.task, "press": r.press, "metric": r.metric, "n": r.n, "at full": fmt(r.full_acc),
                      "transition budget": fb(r.transition_budget) if found else "—",
-                     "pooled drop": f"{fmt(r.acc_before)} → {fmt(r.acc_after)} ({fmt(r.drop)})" if found else "—",
+                     "pooled drop": f"{fmt(r.acc_before)} → {fmt(r.acc_after)} ({fmt(r.acc_drop)})" if found else "—",
                      "bin of largest drop": f"{int(r.transition_bin_idx)} ({fmt(r.bin_drop)})" if found and pd.notna(r.transition_bin_idx) else "—"})
         sents.append(f"**{r.press}** on {r.task}: " + (
             f"pooled {r.metric} falls from {fmt(r.acc_before)} at {fb(r.prev_budget)} to {fmt(r.acc_after)} at "
@@ -207,7 +236,7 @@ def _limitations(a: dict, status: pd.DataFrame, low: set, models: list) -> list[
     return out
 
 # %% ../nbs/38_kv_report.ipynb #b5fc8a37
-def report_context(a: dict, status: pd.DataFrame, experiment: str, out_weight: float = 4.0) -> dict:
+def report_context(a: dict, status: pd.DataFrame, experiment: str, out_weight: float = 4.0, figures=()) -> dict:
     "Template variables answering the report's questions from an analysis and the request status."
     cfg = AnalysisConfig.from_dict(a["config"])
     res = a["results"]
@@ -235,7 +264,8 @@ def report_context(a: dict, status: pd.DataFrame, experiment: str, out_weight: f
                 transition_table=tr_table, transition_sentences=tr_sents,
                 cause_table=cause_table, cause_sentences=cause_sents, memory_table=mem_table, memory_sentences=mem_sents,
                 efficiency_table=md_table(eff.drop(columns=["budget_kind"])), out_weight=out_weight, fig_prefix="",
-                limitations=_limitations(a, status, low, models))
+                limitations=_limitations(a, status, low, models), bin_stats=_bin_stats_part(a), sanity=_sanity_part(a, cfg),
+                figures=set(figures))
 
 # %% ../nbs/38_kv_report.ipynb #a38968bc
 def render_report(ctx: dict, template: str = "kv_report.md.j2", directory=None) -> str:
@@ -253,13 +283,16 @@ def _templates() -> Path:
     return d
 
 def write_report(source, out_dir, experiment: str|None = None, cfg: AnalysisConfig|None = None, figures: bool = True) -> Path:
-    "Analyze a `KVStore` (or the path of its SQLite file) and write `report.md` with tables and figures into `out_dir`."
+    """Write `report.md` with tables and figures into `out_dir` from the analysis persisted in a `KVStore` (or the path of
+    its SQLite file), analyzing first when there is none for the current scores and config. Figures are linked only
+    when their file exists."""
     from labnb.kv_store import KVStore
     if not isinstance(source, KVStore):
         if not Path(source).is_file(): raise FileNotFoundError(f"db: no KV store at {source}")
         source = KVStore(source)
-    a = analyze(source, out_dir, cfg, figures=figures)
-    ctx = report_context(a, request_status(source), experiment or source.path.parent.name)
+    a = analyze(source, out_dir, cfg, figures=figures)         # the stored analysis when scores and config are unchanged
+    figs = {name for name, p in a["figures"].items() if Path(p).is_file()}
+    ctx = report_context(a, request_status(source), experiment or source.path.parent.name, figures=figs)
     path = atomic_write(Path(out_dir) / "report.md", render_report(ctx))
     logger.info("report written to %s", path)
     return path

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['SCHEMA_VERSION', 'ERROR_TYPES', 'REQUEST_STATUSES', 'SCHEMA', 'RESPONSE_FIELDS', 'RUN_GUARDS', 'MIGRATIONS',
-           'LEASE_S', 'SCORE_FIELDS', 'RunMismatch', 'StoreCorrupt', 'KVStore', 'example_id', 'dataset_hash',
-           'process_owner', 'owner_alive']
+           'LEASE_S', 'SCORE_FIELDS', 'BIN_STATS_FIELDS', 'TRANSITION_FIELDS', 'RunMismatch', 'StoreCorrupt', 'KVStore',
+           'example_id', 'dataset_hash', 'process_owner', 'owner_alive']
 
 # %% ../nbs/30_kv_store.ipynb #7433a9e2
 import contextlib, hashlib, json, os, socket, sqlite3, threading, time
@@ -19,7 +19,7 @@ from .data import DataError
 from .store import _jsonable
 
 # %% ../nbs/30_kv_store.ipynb #bbe6d740
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ERROR_TYPES = ("TIMEOUT", "HTTP_429", "HTTP_5XX", "HTTP_4XX", "CONNECTION", "BAD_RESPONSE", "ENGINE_ERROR")
 REQUEST_STATUSES = ("pending", "running", "completed", "failed")
 
@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS requests (run_id TEXT NOT NULL REFERENCES runs(run_id
     started REAL, finished REAL, owner TEXT, lease_until REAL, PRIMARY KEY (run_id, example_id));
 CREATE TABLE IF NOT EXISTS responses (run_id TEXT NOT NULL, example_id TEXT NOT NULL, text TEXT NOT NULL DEFAULT '',
     finish_reason TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, latency_s REAL, ttfb_s REAL, kv_cache_bytes INTEGER,
-    error_type TEXT, error TEXT, created REAL, PRIMARY KEY (run_id, example_id));
+    error_type TEXT, error TEXT, created REAL, total_tokens INTEGER, PRIMARY KEY (run_id, example_id));
 CREATE TABLE IF NOT EXISTS failures (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, example_id TEXT NOT NULL,
     attempt INTEGER, error_type TEXT NOT NULL, status_code INTEGER, error TEXT, final INTEGER NOT NULL DEFAULT 0, created REAL);
 CREATE TABLE IF NOT EXISTS scores (run_id TEXT NOT NULL, example_id TEXT NOT NULL, em REAL, f1 REAL, failure_class TEXT,
@@ -45,6 +45,19 @@ CREATE INDEX IF NOT EXISTS examples_bin ON examples(task, bin);
 CREATE INDEX IF NOT EXISTS requests_status ON requests(run_id, status);
 CREATE INDEX IF NOT EXISTS failures_run ON failures(run_id, example_id);
 CREATE INDEX IF NOT EXISTS requests_owner ON requests(owner) WHERE owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS bin_stats (run_id TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE, bin_idx INTEGER NOT NULL,
+    task TEXT NOT NULL, metric TEXT NOT NULL, n INTEGER NOT NULL, acc_mean REAL, acc_std REAL, acc_ci_lo REAL, acc_ci_hi REAL,
+    em_mean REAL, fail_rate REAL, latency_p50 REAL, latency_p95 REAL, tokens_p50 REAL, tokens_p95 REAL, created REAL,
+    PRIMARY KEY (run_id, bin_idx, task));
+CREATE INDEX IF NOT EXISTS bin_stats_task ON bin_stats(task, bin_idx);
+CREATE TABLE IF NOT EXISTS transition_summary (experiment_group TEXT PRIMARY KEY, task TEXT NOT NULL, press TEXT NOT NULL,
+    budget_kind TEXT NOT NULL, metric TEXT NOT NULL, threshold REAL NOT NULL, n_budgets INTEGER, n INTEGER, full_budget REAL,
+    full_acc REAL, transition_budget REAL, prev_budget REAL, acc_before REAL, acc_after REAL, acc_drop REAL,
+    transition_bin_idx INTEGER, bin_drop REAL, created REAL);
+CREATE INDEX IF NOT EXISTS transition_summary_press ON transition_summary(task, press, budget_kind);
+CREATE TABLE IF NOT EXISTS analysis (name TEXT PRIMARY KEY, key TEXT NOT NULL, frame TEXT NOT NULL, created REAL);
+CREATE VIEW IF NOT EXISTS telemetry AS SELECT run_id, example_id, prompt_tokens, completion_tokens, total_tokens, latency_s, ttfb_s,
+    kv_cache_bytes, finish_reason, error_type, created FROM responses;
 """
 
 RESPONSE_FIELDS = ("text", "finish_reason", "prompt_tokens", "completion_tokens", "latency_s", "ttfb_s",
@@ -52,6 +65,8 @@ RESPONSE_FIELDS = ("text", "finish_reason", "prompt_tokens", "completion_tokens"
 RUN_GUARDS = ("model", "tokenizer", "prompt_template_hash", "dataset_hash")
 MIGRATIONS = {      # schema version -> statements that bring the previous version to it (new tables come from SCHEMA)
     2: ["ALTER TABLE requests ADD COLUMN owner TEXT", "ALTER TABLE requests ADD COLUMN lease_until REAL"],
+    3: ["ALTER TABLE responses ADD COLUMN total_tokens INTEGER",
+        "UPDATE responses SET total_tokens = prompt_tokens + completion_tokens WHERE prompt_tokens IS NOT NULL AND completion_tokens IS NOT NULL"],
 }
 
 # %% ../nbs/30_kv_store.ipynb #afb5375c
@@ -354,8 +369,9 @@ def complete(self: KVStore, run_id: str, example_id: str, response: dict, owner:
                          ("failed" if et else "completed", now, run_id, example_id, *args)).rowcount:
             if owner: logger.warning("%s / %s: the lease was lost; response dropped", run_id, example_id); return False
             raise KeyError(f"no request ({run_id}, {example_id}); add it with add_requests first")
-        c.execute(f"INSERT OR REPLACE INTO responses (run_id, example_id, {', '.join(RESPONSE_FIELDS)}, created) VALUES ({','.join('?' * (len(RESPONSE_FIELDS) + 3))})",
-                  (run_id, example_id, *vals, now))
+        pt, ct = response.get("prompt_tokens"), response.get("completion_tokens")
+        c.execute(f"INSERT OR REPLACE INTO responses (run_id, example_id, {', '.join(RESPONSE_FIELDS)}, created, total_tokens) VALUES ({','.join('?' * (len(RESPONSE_FIELDS) + 4))})",
+                  (run_id, example_id, *vals, now, pt + ct if pt is not None and ct is not None else None))
         c.execute("DELETE FROM scores WHERE run_id=? AND example_id=?", (run_id, example_id))   # a new response needs a new score
     return True
 
@@ -419,3 +435,57 @@ def results(self: KVStore):
         FROM requests q JOIN runs u USING (run_id) JOIN examples e USING (example_id)
         LEFT JOIN responses r USING (run_id, example_id) LEFT JOIN scores s USING (run_id, example_id)
         WHERE q.status IN ('completed', 'failed') ORDER BY u.press, u.budget DESC, e.bin, q.example_id""")
+
+# %% ../nbs/30_kv_store.ipynb #cfe41656
+BIN_STATS_FIELDS = ("run_id", "bin_idx", "task", "metric", "n", "acc_mean", "acc_std", "acc_ci_lo", "acc_ci_hi", "em_mean",
+                    "fail_rate", "latency_p50", "latency_p95", "tokens_p50", "tokens_p95")
+TRANSITION_FIELDS = ("experiment_group", "task", "press", "budget_kind", "metric", "threshold", "n_budgets", "n", "full_budget",
+                     "full_acc", "transition_budget", "prev_budget", "acc_before", "acc_after", "acc_drop", "transition_bin_idx", "bin_drop")
+
+def _num(v):
+    "None for NaN / NA; plain Python numbers for numpy ones."
+    if v is None: return None
+    if hasattr(v, "item"): v = v.item()
+    return None if isinstance(v, float) and v != v else v
+
+def _replace_rows(self, table: str, fields: tuple, rows: Iterable[dict]) -> int:
+    rows = [tuple(_num(r.get(k)) for k in fields) + (time.time(),) for r in rows]
+    with self.tx() as c:
+        c.execute(f"DELETE FROM {table}")
+        c.executemany(f"INSERT INTO {table} ({', '.join(fields)}, created) VALUES ({','.join('?' * (len(fields) + 1))})", rows)
+    return len(rows)
+
+@patch
+def write_bin_stats(self: KVStore, rows: Iterable[dict]) -> int:
+    "Replace the `bin_stats` table (dicts with `BIN_STATS_FIELDS`) in one transaction."
+    return _replace_rows(self, "bin_stats", BIN_STATS_FIELDS, rows)
+
+@patch
+def bin_stats(self: KVStore, run_id: str|None = None) -> list[dict]:
+    "Rows of `bin_stats` (one run, or all), by task, run and bin."
+    where, args = (" WHERE run_id=?", (run_id,)) if run_id else ("", ())
+    return self.query("SELECT * FROM bin_stats" + where + " ORDER BY task, run_id, bin_idx", args)
+
+@patch
+def write_transition_summary(self: KVStore, rows: Iterable[dict]) -> int:
+    "Replace the `transition_summary` table (dicts with `TRANSITION_FIELDS`) in one transaction."
+    return _replace_rows(self, "transition_summary", TRANSITION_FIELDS, rows)
+
+@patch
+def transition_summaries(self: KVStore) -> list[dict]:
+    "Rows of `transition_summary`, by experiment group."
+    return self.query("SELECT * FROM transition_summary ORDER BY experiment_group")
+
+@patch
+def save_frames(self: KVStore, frames: dict, key: str) -> None:
+    "Store named JSON-able frames (`{name: json_text}`) with the key they were computed from, in one transaction."
+    with self.tx() as c:
+        c.execute("DELETE FROM analysis")
+        c.executemany("INSERT INTO analysis VALUES (?,?,?,?)", [(n, key, f, time.time()) for n, f in frames.items()])
+
+@patch
+def load_frames(self: KVStore, key: str|None = None) -> dict|None:
+    "The stored frames `{name: json_text}`; None when there are none or they were computed from another key."
+    rows = self.query("SELECT name, key, frame FROM analysis")
+    if not rows or (key is not None and any(r["key"] != key for r in rows)): return None
+    return {r["name"]: r["frame"] for r in rows}
