@@ -255,3 +255,7 @@ def main(argv=None) -> int:
     except (ConfigError, DataError, MissingBaseline, CacheMismatch, FileNotFoundError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         print(f"labnb bandit {a.command}: error: " + " ".join(str(msg).split()), file=sys.stderr); return 2
+
+# %% ../nbs/16_bandit_run.ipynb #4894b2b1
+#| eval: false
+if __name__ == "__main__": sys.exit(main())
