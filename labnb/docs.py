@@ -9,7 +9,7 @@ __all__ = ['SECTIONS', 'WIDGET_VIEW', 'WIDGET_STATE', 'MATHJAX_CONFIG', 'EXTRA_C
            'build_ctx', 'rewrite_markdown', 'render_output', 'page_markdown', 'stage', 'mkdocs_config', 'build_site',
            'check_site', 'build_docs', 'write_readme']
 
-# %% ../nbs/94_docs.ipynb #8971b701
+# %% ../nbs/94_docs.ipynb #335494be
 import ast, hashlib, html, json, logging, os, re, shutil, subprocess, sys, tempfile, time
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -21,7 +21,7 @@ import nbformat
 from .core import logger, paths
 from .store import atomic_write
 
-# %% ../nbs/94_docs.ipynb #ee8e0500
+# %% ../nbs/94_docs.ipynb #7b01f60b
 SECTIONS = {"library": "*.ipynb", "experiments": "experiments/*.ipynb", "runs": "runs/*.ipynb"}
 
 @dataclass
@@ -50,7 +50,7 @@ def find_pages(nbs: Path|None = None) -> list[Page]:
         out += [Page(p, page_href(p, nbs), sec) for p in sorted(nbs.glob(pat)) if p.name != "index.ipynb" and not p.name.startswith("_")]
     return out
 
-# %% ../nbs/94_docs.ipynb #0927a346
+# %% ../nbs/94_docs.ipynb #c9a3f037
 _DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+)\s*:?\s*(.*)$")
 
 def _src(c: dict) -> str: return "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
@@ -79,7 +79,7 @@ def front_matter(nb: dict) -> dict:
             break
     return fm
 
-# %% ../nbs/94_docs.ipynb #71ddafbe
+# %% ../nbs/94_docs.ipynb #6620cd5c
 def module_name(nb: dict) -> str|None:
     "The dotted module a notebook exports to (`#| default_exp kv.store` -> `labnb.kv.store`)."
     from nbdev.config import get_config
@@ -96,7 +96,7 @@ def api_names(src: str) -> list[str]:
     defs = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
     return [n.name for n in tree.body if isinstance(n, defs) and not n.name.startswith("_")]
 
-# %% ../nbs/94_docs.ipynb #1700d1e8
+# %% ../nbs/94_docs.ipynb #5595dfac
 def _comments(lines: list[str], start: int) -> dict[int, str]:
     "Line number (1-based, counted from `start`) -> text of the comment ending that line."
     import io, tokenize
@@ -114,13 +114,15 @@ def docments_section(node: ast.AST, lines: list[str], start: int) -> str:
     ret_line = node.returns.end_lineno if node.returns is not None else node.body[0].lineno - 1
     ret = com.get(ret_line, "")
     if ret.startswith("->") or node.returns is not None: com.pop(ret_line, None)      # the comment ending the signature
-    owner = {p.end_lineno or p.lineno: p.arg for p in params}                          # the last parameter of each line
-    rows = [(n, com[l]) for l, n in owner.items() if l in com and n not in ("self", "cls")]
+    on_line = {}                                                     # a comment documents the one parameter on its line
+    for p in params:
+        if p.arg not in ("self", "cls"): on_line.setdefault(p.end_lineno or p.lineno, []).append(p.arg)
+    rows = [(ns[0], com[l]) for l, ns in on_line.items() if l in com and len(ns) == 1]
     out = ("Parameters\n----------\n" + "".join(f"{n}\n    {d}\n" for n, d in rows)) if rows else ""
     if node.returns is not None and ret: out += f"\nReturns\n-------\n{ast.unparse(node.returns)}\n    {ret.removeprefix('->').strip()}\n"
     return out
 
-# %% ../nbs/94_docs.ipynb #77fb6bb1
+# %% ../nbs/94_docs.ipynb #f1c22913
 try: import griffe as _griffe
 except ImportError: _griffe = None
 
@@ -139,7 +141,7 @@ if _griffe is not None:
             else: func.docstring = _griffe.Docstring(value, parent=func, parser=getattr(agent, "docstring_parser", None),
                                                      parser_options=getattr(agent, "docstring_options", None))
 
-# %% ../nbs/94_docs.ipynb #cec596c0
+# %% ../nbs/94_docs.ipynb #b444ae71
 WIDGET_VIEW, WIDGET_STATE = "application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json"
 
 def widget_text(data: dict, state: dict) -> str:
@@ -158,7 +160,7 @@ def widget_text(data: dict, state: dict) -> str:
         else: parts.append(html.unescape(str(s.get("value", ""))).replace("\u2007", " "))
     return "".join(parts).strip()
 
-# %% ../nbs/94_docs.ipynb #6f5b8994
+# %% ../nbs/94_docs.ipynb #ecd42047
 def repo_settings(path) -> tuple[Path, dict]|None:
     "The folder holding the `settings.ini` at or above `path`, and its settings (None outside an nbdev repository)."
     from configparser import ConfigParser
@@ -200,7 +202,7 @@ def clean_notebooks(where=None) -> list[Path]:
         if p.read_text(encoding="utf-8") != before: changed.append(p)
     return changed
 
-# %% ../nbs/94_docs.ipynb #547332a6
+# %% ../nbs/94_docs.ipynb #d22ae838
 def jupyter_pre_save(model: dict, path: str, contents_manager=None, **kw):
     "Jupyter server pre-save hook: clean a notebook saved inside a labnb repository before it is written."
     if model.get("type") != "notebook" or model.get("content", {}).get("nbformat") != 4: return
@@ -217,7 +219,7 @@ def install_jupyter_hook(prefix=None) -> Path:
     atomic_write(dest, json.dumps({"ContentsManager": {"pre_save_hook": "labnb.docs.jupyter_pre_save"}}, indent=2) + "\n")
     return dest
 
-# %% ../nbs/94_docs.ipynb #5966acc6
+# %% ../nbs/94_docs.ipynb #2b0e9ca2
 def slugify(text: str) -> str:
     "The anchor Python-Markdown's `toc` gives a heading."
     from markdown.extensions.toc import slugify as _slug
@@ -247,7 +249,7 @@ def build_ctx(pages: list[Page]) -> Ctx:
         anchors[p.href] = a
     return Ctx(pages, api, anchors)
 
-# %% ../nbs/94_docs.ipynb #f57c3447
+# %% ../nbs/94_docs.ipynb #49a992c9
 _FENCE = re.compile(r"(^```.*?^```[ \t]*$|^~~~.*?^~~~[ \t]*$)", re.M | re.S)
 
 def _rel(target: str, page: Page) -> str: return os.path.relpath(target, Path(page.href).parent).replace(os.sep, "/")
@@ -293,7 +295,7 @@ def rewrite_markdown(text: str, page: Page, ctx: Ctx, prefix: str = "", mod: str
         out.append(part)
     return "".join(out)
 
-# %% ../nbs/94_docs.ipynb #0a9972e4
+# %% ../nbs/94_docs.ipynb #73013533
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 def _text(s) -> str:
@@ -328,7 +330,7 @@ def render_output(o: dict, stem: str, assets: dict, state: dict) -> str:
     if "text/plain" in data: return _block(_text(data["text/plain"]))
     return ""
 
-# %% ../nbs/94_docs.ipynb #d7c5326e
+# %% ../nbs/94_docs.ipynb #90df252b
 def page_markdown(page: Page, ctx: Ctx, prefix: str = "") -> tuple[str, dict]:
     "The Markdown of `page` (from its notebook's committed cells and outputs) and its images {file name: bytes}."
     nb = json.loads(page.src.read_text(encoding="utf-8"))
@@ -358,7 +360,7 @@ def page_markdown(page: Page, ctx: Ctx, prefix: str = "") -> tuple[str, dict]:
     head = f"---\ntitle: {json.dumps(page.title)}\n---\n\n# {page.title}\n\n" + (f"> {desc}\n\n" if desc else "")
     return head + "\n".join(x for x in out if x), assets
 
-# %% ../nbs/94_docs.ipynb #8dc40cd1
+# %% ../nbs/94_docs.ipynb #598a05fb
 def _site_prefix() -> str:
     from nbdev.config import get_config
     try: cfg = get_config(path=paths().home)
@@ -381,7 +383,7 @@ def _contents(pages: list[Page]) -> str:
         if items: out.append(f"\n### {title}\n\n" + "".join(f"- [{p.title}]({p.md}): {p.description}\n" for p in items))
     return "".join(out)
 
-# %% ../nbs/94_docs.ipynb #3d954de8
+# %% ../nbs/94_docs.ipynb #12ccb39b
 def _key(*parts) -> str: return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:16]
 
 def stage(pages: list[Page], src: Path) -> list[str]:
@@ -414,7 +416,7 @@ def stage(pages: list[Page], src: Path) -> list[str]:
     atomic_write(index_file, json.dumps(new))
     return written
 
-# %% ../nbs/94_docs.ipynb #51b79a17
+# %% ../nbs/94_docs.ipynb #13357af1
 MATHJAX_CONFIG = """window.MathJax = {
   tex: {inlineMath: [["\\\\(", "\\\\)"]], displayMath: [["\\\\[", "\\\\]"]], processEscapes: true, processEnvironments: true},
   options: {ignoreHtmlClass: ".*|", processHtmlClass: "arithmatex"}
@@ -461,7 +463,7 @@ def mkdocs_config(pages: list[Page], src: Path, site: Path) -> Path:
     atomic_write(dest, yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
     return dest
 
-# %% ../nbs/94_docs.ipynb #68f7e862
+# %% ../nbs/94_docs.ipynb #30ff5460
 class _Collect(logging.Handler):
     "Keeps mkdocs' log records of level WARNING and above."
     def __init__(self): super().__init__(logging.WARNING); self.records = []
@@ -496,7 +498,7 @@ def build_site(out="_docs", pages: list[Page]|None = None) -> Path:
     logger.info("docs: %d pages (%d re-processed) in %.1f s -> %s", len(pages), len(written), time.time() - t0, out)
     return out
 
-# %% ../nbs/94_docs.ipynb #d3db5bed
+# %% ../nbs/94_docs.ipynb #f9e025a5
 class _Refs(HTMLParser):
     "The ids, links and image sources of one HTML page."
     def __init__(self):
@@ -533,7 +535,7 @@ def check_site(out) -> dict:
                 broken.append((p, url, "missing anchor"))
     return {"pages": pages, "broken": broken, "images": images}
 
-# %% ../nbs/94_docs.ipynb #1e0ec7c2
+# %% ../nbs/94_docs.ipynb #fc7a506c
 def build_docs(out="_docs", execute: bool = False, engine: str|None = None) -> Path:
     "Build the docs: `nbdev_docs` where Quarto is installed (or `engine='quarto'`), else the mkdocs site (`build_site`)."
     engine = engine or ("quarto" if shutil.which("quarto") else "mkdocs")
@@ -547,7 +549,7 @@ def build_docs(out="_docs", execute: bool = False, engine: str|None = None) -> P
                                             "; ".join(f"{p}: {u} ({w})" for p, u, w in report["broken"][:20]))
     return site
 
-# %% ../nbs/94_docs.ipynb #2e47222f
+# %% ../nbs/94_docs.ipynb #f8e166ff
 def write_readme(dest=None, execute: bool = False, images_dir: str = "results/docs/readme") -> Path:
     "Render `nbs/index.ipynb` (its committed outputs) to `README.md` as Markdown."
     home, nbs = paths().home, paths().nbs
