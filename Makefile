@@ -10,6 +10,8 @@ export HF_HUB_DISABLE_PROGRESS_BARS ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export LABNB_DATA ?= $(abspath ../shared/data)
+# tests pin one torch thread (see labnb.core.set_threads): same results and no collapse on a shared machine
+TEST_ENV := LABNB_THREADS=$${LABNB_THREADS:-1} OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1}
 KERNEL := labnb
 
 .PHONY: setup demo test lint-nbs export-check readme nbtest pytest docs bench clean-venv
@@ -47,10 +49,10 @@ readme:
 	$(BIN)/python -c "from labnb.docs import write_readme; write_readme(execute=False)"
 
 nbtest:
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/nbdev_test --n_workers 2 --timing
+	$(TEST_ENV) PATH=$(abspath $(BIN)):$$PATH $(BIN)/nbdev_test --n_workers 2 --timing
 
 pytest:
-	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q tests
+	$(TEST_ENV) PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m pytest -q tests
 
 # the site from the notebooks' committed outputs (nothing executed, nothing written under results/): _docs/index.html
 docs: setup

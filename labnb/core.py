@@ -5,11 +5,11 @@
 # %% auto #0
 __all__ = ['logger', 'DTYPES', 'home', 'Paths', 'paths', 'ConfigError', 'from_dict', 'Config', 'resolve_env', 'deep_merge',
            'parse_overrides', 'read_yaml', 'load_config', 'seed_everything', 'default_device', 'resolve_dtype',
-           'default_dtype', 'git_info', 'package_versions', 'now_iso', 'provenance', 'thread_info', 'pick_threads',
-           'set_threads', 'format_table']
+           'default_dtype', 'git_info', 'package_versions', 'now_iso', 'provenance', 'thread_info', 'busy_cores',
+           'pick_threads', 'set_threads', 'format_table']
 
 # %% ../nbs/00_core.ipynb #a2508b30
-import contextlib, dataclasses, datetime, functools, hashlib, json, logging, os, platform, random, re, socket, subprocess, sys, types, typing
+import contextlib, dataclasses, datetime, functools, hashlib, json, logging, os, platform, random, re, socket, subprocess, sys, time, types, typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
@@ -287,6 +287,16 @@ def thread_info() -> dict:
     return {**_THREADS, "n": torch.get_num_threads()} if _THREADS else {"n": torch.get_num_threads(), "source": "torch default"}
 
 # %% ../nbs/00_core.ipynb #316ccde6
+def busy_cores(window: float = 0.25) -> float:
+    "How many cores other work keeps busy now: non-idle share of all CPUs over `window` seconds (`/proc/stat`), else the load average."
+    def sample():
+        f = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        v = [int(x) for x in f]; return v[3] + v[4], sum(v[:8])            # idle + iowait, total
+    try:
+        i0, t0 = sample(); time.sleep(window); i1, t1 = sample()
+        return (os.cpu_count() or 1) * (1 - (i1 - i0) / max(t1 - t0, 1))
+    except (OSError, ValueError, IndexError): return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
 def pick_threads(requested: int|None = None) -> tuple[int, str]:
     "Torch threads to use and why: `LABNB_THREADS` wins, then `requested` (a config key; 0 or None = automatic), else the cores not busy now."
     if env := os.environ.get("LABNB_THREADS", "").strip():
@@ -296,8 +306,8 @@ def pick_threads(requested: int|None = None) -> tuple[int, str]:
         if not isinstance(requested, int) or isinstance(requested, bool) or requested < 0: raise ConfigError("threads", f"must be a non-negative integer, got {requested!r}")
         return requested, "config"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, round(cores - load))), f"auto: {cores} cores, load {load:.2f}"
+    busy = busy_cores()
+    return max(1, min(cores, int(cores - busy + 0.5))), f"auto: {cores} cores, {busy:.2f} busy"
 
 def set_threads(requested: int|None = None) -> dict:
     "Apply the thread policy to torch (and numpy's BLAS where threadpoolctl is installed); returns what was used (also in `provenance`)."
