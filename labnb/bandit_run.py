@@ -190,7 +190,7 @@ def run_layer_bandit(cfg: LayerBanditConfig, out=None, progress: bool = False) -
 # %% ../nbs/16_bandit_run.ipynb #df693610
 def bandit_figures(res: BanditRun, show: bool = False) -> list[Path]:
     "fig_progress.png (reward per evaluation and best so far), fig_heatmap.png (reward per arm; numbers: pull order), fig_metric_vs_reward.png."
-    import matplotlib; import matplotlib.pyplot as plt
+    import matplotlib, matplotlib.ticker, matplotlib.pyplot as plt
     from labnb.bandit import metric_scatter, reward_heatmap
     scored = res.reference if res.reference is not None else res.pulls[["arm", "reward"]]
     arms, files = res.feats[["arm", "checkpoint", "layer"]], []
@@ -199,6 +199,7 @@ def bandit_figures(res: BanditRun, show: bool = False) -> list[Path]:
     ax.plot(p.t + 1, p.reward, "o", label="evaluated arm"); ax.step(p.t + 1, p.reward.cummax(), where="post", label="best so far")
     if res.reference is not None: ax.axhline(res.reference.reward.max(), ls="--", c="k", label="brute-force best")
     ax.set(xlabel="evaluation", ylabel="reward", title=f"{res.bandit_cfg.algorithm}: {len(p)} of {len(res.feats)} arms evaluated")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.legend(fontsize=8); files.append(res.out / "fig_progress.png"); fig.tight_layout(); fig.savefig(files[-1], dpi=100)
     fig, ax = plt.subplots(figsize=(1.5 + 0.7 * res.feats.layer.nunique(), 1.4 + 0.5 * res.feats.checkpoint.nunique()))
     reward_heatmap(scored, arms, ax=ax, picks=p, title="reward per arm" + (" (blank: not evaluated)" if res.reference is None else ""))

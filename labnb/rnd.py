@@ -497,7 +497,7 @@ def analyze_and_visualize(results: dict[int, dict], out, lengths: dict[str, np.n
     for i, (key, d) in enumerate(au.groupby(["method", "group"], sort=False)):
         axes[0].scatter([i] * len(d), d.auroc, s=18); axes[0].errorbar(i, d.auroc.mean(), d.auroc.std(ddof=0), fmt="_k", capsize=4)
     axes[0].set_xticks(range(au.groupby(["method", "group"], sort=False).ngroups),
-                       [f"{m}\n{g}" for m, g in au.groupby(["method", "group"], sort=False).groups], fontsize=7)
+                       [f"{m}\n{g}" for m, g in au.groupby(["method", "group"], sort=False).groups], fontsize=7, rotation=45)
     axes[0].set(ylabel="AUROC vs seen", title="AUROC per seed (bar: mean ± sd)")
     ra = t[(t.method == "rnd") & (t.group != reference)]
     for i, (g, d) in enumerate(ra.groupby("group", sort=False)):
