@@ -27,7 +27,7 @@ from torch import nn
 
 from .core import (Config, ConfigError, deep_merge, from_dict, load_config, logger, parse_overrides, paths,
                         provenance, seed_everything)
-from .store import ArrayCache, StatusTable, atomic_path, atomic_write_json, atomic_write_yaml, read_json
+from .store import ArrayCache, StatusTable, atomic_path, atomic_write_json, atomic_write_yaml, file_lock, read_json
 from .lora import (LoraSpec, TeacherConfig, LoraLayout, lora_layout, flatten_lora, unflatten_lora, sum_adapters,
                         train_teacher, save_adapter, load_adapter, task_pairs, split_pairs, answer_metrics, lora_forward)
 from .deltas import ProbeConfig, DeltaConfig, probe_set, base_states, delta_activations, compute_deltas, AGGREGATES
@@ -254,9 +254,10 @@ def teacher_root(cfg: ExperimentConfig) -> Path:
     key = hashlib.sha256(json.dumps([cfg.model.to_dict(), cfg.lora.to_dict(), cfg.teacher.to_dict()], sort_keys=True).encode()).hexdigest()[:10]
     return paths().models / "llgbm_teachers" / f"{_slug(cfg.model.name)}-{key}"
 
-def ensure_teachers(ctx: Context, tasks: Sequence[str]|None = None, progress: bool = True) -> dict:
+def ensure_teachers(ctx: Context, tasks: Sequence[str]|None = None, progress: bool = True, poll: float = 0.5) -> dict:
     """`{task: (lora, manifest)}`, training (resumably) the teachers that are not saved yet. Several processes may
-    work on one teacher folder (e.g. one in task order, one in reverse): a teacher saved by another is not retrained."""
+    work on one teacher folder: a teacher saved by another is not retrained, one another live process is training
+    is waited for (every `poll` seconds)."""
     cfg, root = ctx.cfg, teacher_root(ctx.cfg)
     tasks = list(tasks or cfg.tasks)
     status = StatusTable(root / "status.sqlite")
@@ -268,7 +269,11 @@ def ensure_teachers(ctx: Context, tasks: Sequence[str]|None = None, progress: bo
         man = {**man, "model": cfg.model.to_dict(), "domain": cfg.tasks.get(task)}
         save_adapter(root / _slug(task), lora, man)
         return {k: man[k] for k in ("final_loss", "accuracy", "base_accuracy")}
-    status.run(tasks, unit, retry_failed=True, raise_errors=True, progress=progress, desc="teachers")
+    while True:   # teachers held by another live process: wait for them (or take them over if that process dies)
+        status.run(tasks, unit, retry_failed=True, raise_errors=True, progress=progress, desc="teachers")
+        if not (waiting := [t for t in tasks if not (root / _slug(t) / "manifest.json").exists()]): break
+        logger.info("waiting for teachers trained by another process: %s", ", ".join(waiting))
+        time.sleep(poll)
     return {t: load_adapter(root / _slug(t)) for t in tasks}
 
 def teacher_table(teachers: dict, cfg: ExperimentConfig) -> pd.DataFrame:
@@ -409,11 +414,17 @@ def _write_csv(df: pd.DataFrame, path) -> Path:
 # %% ../nbs/26_llgbm.ipynb #0fa68975
 def train_generator(ctx: Context, td: TeacherData, emb: dict, run_dir, progress: bool = True) -> tuple[LoraGenerator, pd.DataFrame]:
     """Train (or resume from the last checkpoint) the generator of `ctx.cfg` in `run_dir`; returns it and the per-step
-    history. Writes `config.yaml`, `generator.pt` (every `save_interval` steps), `history.csv` and, with
-    `eval_interval`, `eval_history.csv`; every file is written atomically."""
+    history. One process at a time trains a run folder (others wait for it, then resume). Writes `config.yaml`,
+    `generator.pt` (every `save_interval` steps), `history.csv` and, with `eval_interval`, `eval_history.csv`; every
+    file is written atomically."""
+    run_dir = Path(run_dir)
+    with file_lock(run_dir / ".train.lock", what=f"run folder {run_dir}"):   # a second process waits, then resumes
+        return _train_generator(ctx, td, emb, run_dir, progress)
+
+def _train_generator(ctx, td, emb, run_dir: Path, progress: bool):
     from tqdm.auto import tqdm
     cfg, t = ctx.cfg, ctx.cfg.train
-    run_dir = Path(run_dir); ck = run_dir / "generator.pt"
+    ck = run_dir / "generator.pt"
     state = _load_checkpoint(ck, cfg)                  # before anything is written: another config's run stays whole
     save_config(cfg, run_dir / "config.yaml")
     seed_everything(t.seed)
@@ -445,6 +456,7 @@ def train_generator(ctx: Context, td: TeacherData, emb: dict, run_dir, progress:
         if (step + 1) % t.save_interval == 0 or step + 1 == t.steps:
             _save_checkpoint(ck, gen, opt, rng, history, evals, step + 1, cfg)
     hist = pd.DataFrame(history)
+    hist.attrs["steps_run"] = t.steps - start            # steps this call trained (0: the run was complete)
     _write_csv(hist, run_dir / "history.csv")
     if evals: _write_csv(pd.DataFrame(evals), run_dir / "eval_history.csv")
     return gen.eval(), hist

@@ -49,7 +49,8 @@ def _cmd_compute_deltas(a):
 def _train(a, cfg):
     from labnb.llgbm import train_run
     h = train_run(cfg, Path(a.run_dir), progress=not a.quiet)
-    _print({"run_dir": a.run_dir, "preset": cfg.preset, "config_hash": cfg.config_hash(), "steps": len(h), "final": h.iloc[-1].to_dict()})
+    _print({"run_dir": a.run_dir, "preset": cfg.preset, "config_hash": cfg.config_hash(), "steps": len(h),
+            "steps_run": h.attrs.get("steps_run"), "final": h.iloc[-1].to_dict()})
     return 0
 
 def _cmd_train(a): return _train(a, _config(a))

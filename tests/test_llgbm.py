@@ -309,3 +309,21 @@ def test_probes_five_per_domain_and_aggregates(tiny, tmp_path):
     assert not np.allclose(r["max"]["deltas"], r["mean"]["deltas"])
     assert make_config(overrides=["delta.aggregate=max"]).delta.aggregate == "max"
     with pytest.raises(Exception, match="delta.aggregate"): make_config(overrides=["delta.aggregate=median"])
+
+
+def test_two_processes_one_run_folder(tmp_path, monkeypatch):
+    "Two `train` processes on one run folder and one teacher folder: each teacher and each generator step is trained once."
+    from labnb.llgbm import make_config, teacher_root
+    monkeypatch.setenv("LABNB_HOME", str(tmp_path))
+    env = {**os.environ, "LABNB_HOME": str(tmp_path), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    over = ["teacher.steps=10", "train.steps=8", "train.save_interval=2"]
+    args = ["train", str(tmp_path / "run"), "--config-file", SMOKE, *sum([["-s", o] for o in over], []), "--quiet"]
+    procs = [subprocess.Popen([sys.executable, "-c", _CLI, *args], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e.decode()[-2000:] for _, e in outs]
+    assert sorted(json.loads(o)["steps_run"] for o, _ in outs) == [0, 8]
+    assert list(pd.read_csv(tmp_path / "run" / "history.csv")["step"]) == list(range(8))
+    cfg = make_config(None, SMOKE, over)
+    rows = StatusTable(teacher_root(cfg) / "status.sqlite").rows()
+    assert len(rows) == len(cfg.tasks) and all(r.status == "completed" and r.attempts == 1 for r in rows)
