@@ -6,10 +6,10 @@
 __all__ = ['SECTIONS', 'WIDGET_VIEW', 'WIDGET_STATE', 'MATHJAX_CONFIG', 'EXTRA_CSS', 'Page', 'page_href', 'find_pages',
            'front_matter', 'module_name', 'api_names', 'docments_section', 'widget_text', 'repo_settings',
            'clean_notebook', 'clean_notebooks', 'jupyter_pre_save', 'install_jupyter_hook', 'slugify', 'Ctx',
-           'build_ctx', 'rewrite_markdown', 'render_output', 'page_markdown', 'stage', 'mkdocs_config', 'build_site',
-           'check_site', 'build_docs', 'write_readme']
+           'build_ctx', 'rewrite_markdown', 'render_output', 'page_markdown', 'stage', 'mkdocs_config', 'DocsError',
+           'docs_error', 'build_site', 'check_site', 'build_docs', 'write_readme']
 
-# %% ../nbs/94_docs.ipynb #335494be
+# %% ../nbs/94_docs.ipynb #46b99384
 import ast, hashlib, html, json, logging, os, re, shutil, subprocess, sys, tempfile, time
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -18,10 +18,10 @@ from urllib.parse import quote, unquote, urlsplit
 
 import nbformat
 
-from .core import logger, paths
+from .core import ConfigError, logger, paths
 from .store import atomic_write
 
-# %% ../nbs/94_docs.ipynb #7b01f60b
+# %% ../nbs/94_docs.ipynb #60fe857e
 SECTIONS = {"library": "*.ipynb", "experiments": "experiments/*.ipynb", "runs": "runs/*.ipynb"}
 
 @dataclass
@@ -50,7 +50,7 @@ def find_pages(nbs: Path|None = None) -> list[Page]:
         out += [Page(p, page_href(p, nbs), sec) for p in sorted(nbs.glob(pat)) if p.name != "index.ipynb" and not p.name.startswith("_")]
     return out
 
-# %% ../nbs/94_docs.ipynb #c9a3f037
+# %% ../nbs/94_docs.ipynb #0bae216d
 _DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+)\s*:?\s*(.*)$")
 
 def _src(c: dict) -> str: return "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
@@ -79,7 +79,7 @@ def front_matter(nb: dict) -> dict:
             break
     return fm
 
-# %% ../nbs/94_docs.ipynb #6620cd5c
+# %% ../nbs/94_docs.ipynb #afcab442
 def module_name(nb: dict) -> str|None:
     "The dotted module a notebook exports to (`#| default_exp kv.store` -> `labnb.kv.store`)."
     from nbdev.config import get_config
@@ -96,7 +96,7 @@ def api_names(src: str) -> list[str]:
     defs = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
     return [n.name for n in tree.body if isinstance(n, defs) and not n.name.startswith("_")]
 
-# %% ../nbs/94_docs.ipynb #5595dfac
+# %% ../nbs/94_docs.ipynb #e61ef391
 def _comments(lines: list[str], start: int) -> dict[int, str]:
     "Line number (1-based, counted from `start`) -> text of the comment ending that line."
     import io, tokenize
@@ -122,7 +122,7 @@ def docments_section(node: ast.AST, lines: list[str], start: int) -> str:
     if node.returns is not None and ret: out += f"\nReturns\n-------\n{ast.unparse(node.returns)}\n    {ret.removeprefix('->').strip()}\n"
     return out
 
-# %% ../nbs/94_docs.ipynb #f1c22913
+# %% ../nbs/94_docs.ipynb #d35069d9
 try: import griffe as _griffe
 except ImportError: _griffe = None
 
@@ -141,7 +141,7 @@ if _griffe is not None:
             else: func.docstring = _griffe.Docstring(value, parent=func, parser=getattr(agent, "docstring_parser", None),
                                                      parser_options=getattr(agent, "docstring_options", None))
 
-# %% ../nbs/94_docs.ipynb #b444ae71
+# %% ../nbs/94_docs.ipynb #9b32f493
 WIDGET_VIEW, WIDGET_STATE = "application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json"
 
 def widget_text(data: dict, state: dict) -> str:
@@ -160,7 +160,7 @@ def widget_text(data: dict, state: dict) -> str:
         else: parts.append(html.unescape(str(s.get("value", ""))).replace("\u2007", " "))
     return "".join(parts).strip()
 
-# %% ../nbs/94_docs.ipynb #ecd42047
+# %% ../nbs/94_docs.ipynb #8767952f
 def repo_settings(path) -> tuple[Path, dict]|None:
     "The folder holding the `settings.ini` at or above `path`, and its settings (None outside an nbdev repository)."
     from configparser import ConfigParser
@@ -202,7 +202,7 @@ def clean_notebooks(where=None) -> list[Path]:
         if p.read_text(encoding="utf-8") != before: changed.append(p)
     return changed
 
-# %% ../nbs/94_docs.ipynb #d22ae838
+# %% ../nbs/94_docs.ipynb #7ec5d655
 def jupyter_pre_save(model: dict, path: str, contents_manager=None, **kw):
     "Jupyter server pre-save hook: clean a notebook saved inside a labnb repository before it is written."
     if model.get("type") != "notebook" or model.get("content", {}).get("nbformat") != 4: return
@@ -219,7 +219,7 @@ def install_jupyter_hook(prefix=None) -> Path:
     atomic_write(dest, json.dumps({"ContentsManager": {"pre_save_hook": "labnb.docs.jupyter_pre_save"}}, indent=2) + "\n")
     return dest
 
-# %% ../nbs/94_docs.ipynb #2b0e9ca2
+# %% ../nbs/94_docs.ipynb #9a64439a
 def slugify(text: str) -> str:
     "The anchor Python-Markdown's `toc` gives a heading."
     from markdown.extensions.toc import slugify as _slug
@@ -249,7 +249,7 @@ def build_ctx(pages: list[Page]) -> Ctx:
         anchors[p.href] = a
     return Ctx(pages, api, anchors)
 
-# %% ../nbs/94_docs.ipynb #49a992c9
+# %% ../nbs/94_docs.ipynb #710f06cb
 _FENCE = re.compile(r"(^```.*?^```[ \t]*$|^~~~.*?^~~~[ \t]*$)", re.M | re.S)
 
 def _rel(target: str, page: Page) -> str: return os.path.relpath(target, Path(page.href).parent).replace(os.sep, "/")
@@ -295,7 +295,7 @@ def rewrite_markdown(text: str, page: Page, ctx: Ctx, prefix: str = "", mod: str
         out.append(part)
     return "".join(out)
 
-# %% ../nbs/94_docs.ipynb #73013533
+# %% ../nbs/94_docs.ipynb #b3a45a5c
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 def _text(s) -> str:
@@ -330,7 +330,7 @@ def render_output(o: dict, stem: str, assets: dict, state: dict) -> str:
     if "text/plain" in data: return _block(_text(data["text/plain"]))
     return ""
 
-# %% ../nbs/94_docs.ipynb #90df252b
+# %% ../nbs/94_docs.ipynb #6ca5a95f
 def page_markdown(page: Page, ctx: Ctx, prefix: str = "") -> tuple[str, dict]:
     "The Markdown of `page` (from its notebook's committed cells and outputs) and its images {file name: bytes}."
     nb = json.loads(page.src.read_text(encoding="utf-8"))
@@ -360,7 +360,7 @@ def page_markdown(page: Page, ctx: Ctx, prefix: str = "") -> tuple[str, dict]:
     head = f"---\ntitle: {json.dumps(page.title)}\n---\n\n# {page.title}\n\n" + (f"> {desc}\n\n" if desc else "")
     return head + "\n".join(x for x in out if x), assets
 
-# %% ../nbs/94_docs.ipynb #598a05fb
+# %% ../nbs/94_docs.ipynb #0d81e097
 def _site_prefix() -> str:
     from nbdev.config import get_config
     try: cfg = get_config(path=paths().home)
@@ -383,7 +383,7 @@ def _contents(pages: list[Page]) -> str:
         if items: out.append(f"\n### {title}\n\n" + "".join(f"- [{p.title}]({p.md}): {p.description}\n" for p in items))
     return "".join(out)
 
-# %% ../nbs/94_docs.ipynb #12ccb39b
+# %% ../nbs/94_docs.ipynb #8a183632
 def _key(*parts) -> str: return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:16]
 
 def stage(pages: list[Page], src: Path) -> list[str]:
@@ -416,7 +416,7 @@ def stage(pages: list[Page], src: Path) -> list[str]:
     atomic_write(index_file, json.dumps(new))
     return written
 
-# %% ../nbs/94_docs.ipynb #13357af1
+# %% ../nbs/94_docs.ipynb #e2b9b311
 MATHJAX_CONFIG = """window.MathJax = {
   tex: {inlineMath: [["\\\\(", "\\\\)"]], displayMath: [["\\\\[", "\\\\]"]], processEscapes: true, processEnvironments: true},
   options: {ignoreHtmlClass: ".*|", processHtmlClass: "arithmatex"}
@@ -463,7 +463,24 @@ def mkdocs_config(pages: list[Page], src: Path, site: Path) -> Path:
     atomic_write(dest, yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
     return dest
 
-# %% ../nbs/94_docs.ipynb #30ff5460
+# %% ../nbs/94_docs.ipynb #ee4f0fa9
+class DocsError(ConfigError):
+    "The site cannot be built: a broken link, anchor or image, or an API entry griffe cannot find; named by notebook."
+
+def docs_error(problems: list[str], pages: list[Page]) -> DocsError:
+    "One `DocsError` for `problems` (mkdocs warnings or crawl results), with page files replaced by their notebooks."
+    home = paths().home
+    names = {}
+    for p in pages:
+        nb = os.path.relpath(p.src, home)
+        names.update({p.md: nb, p.href: nb})
+    def sub(m): return m.group(1) + names.get(m.group(2), m.group(2)) + m.group(3)
+    problems = [re.sub(r"(['\"]|^)([\w./-]+\.(?:md|html))(['\":])", sub, " ".join(x.split())) for x in problems]
+    first = next((nb for x in problems for page, nb in names.items() if nb in x), "docs")
+    more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+    return DocsError(first, f"{len(problems)} problem(s) in the docs: " + "; ".join(problems[:10]) + more)
+
+# %% ../nbs/94_docs.ipynb #0749cba0
 class _Collect(logging.Handler):
     "Keeps mkdocs' log records of level WARNING and above."
     def __init__(self): super().__init__(logging.WARNING); self.records = []
@@ -488,8 +505,7 @@ def build_site(out="_docs", pages: list[Page]|None = None) -> Path:
         cfg = load_config(str(mkdocs_config(pages, src, tmp)))
         try: build(cfg)
         except (Abort, MkDocsException, SystemExit) as e:
-            msgs = [r.getMessage() for r in grab.records] or [str(e)]
-            raise RuntimeError(f"docs build failed with {len(msgs)} warning(s):\n  " + "\n  ".join(msgs[:50])) from None
+            raise docs_error([r.getMessage() for r in grab.records] or [str(e)], pages) from None
         if out.exists(): shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
@@ -498,7 +514,7 @@ def build_site(out="_docs", pages: list[Page]|None = None) -> Path:
     logger.info("docs: %d pages (%d re-processed) in %.1f s -> %s", len(pages), len(written), time.time() - t0, out)
     return out
 
-# %% ../nbs/94_docs.ipynb #f9e025a5
+# %% ../nbs/94_docs.ipynb #c7d2beef
 class _Refs(HTMLParser):
     "The ids, links and image sources of one HTML page."
     def __init__(self):
@@ -535,7 +551,7 @@ def check_site(out) -> dict:
                 broken.append((p, url, "missing anchor"))
     return {"pages": pages, "broken": broken, "images": images}
 
-# %% ../nbs/94_docs.ipynb #fc7a506c
+# %% ../nbs/94_docs.ipynb #40a468ee
 def build_docs(out="_docs", execute: bool = False, engine: str|None = None) -> Path:
     "Build the docs: `nbdev_docs` where Quarto is installed (or `engine='quarto'`), else the mkdocs site (`build_site`)."
     engine = engine or ("quarto" if shutil.which("quarto") else "mkdocs")
@@ -545,11 +561,10 @@ def build_docs(out="_docs", execute: bool = False, engine: str|None = None) -> P
         return paths().home / "_docs"
     site = build_site(out)
     report = check_site(site)
-    if report["broken"]: raise RuntimeError(f"docs: {len(report['broken'])} broken links in {site}: " +
-                                            "; ".join(f"{p}: {u} ({w})" for p, u, w in report["broken"][:20]))
+    if report["broken"]: raise docs_error([f"{p}: {u} ({w})" for p, u, w in report["broken"]], find_pages())
     return site
 
-# %% ../nbs/94_docs.ipynb #f8e166ff
+# %% ../nbs/94_docs.ipynb #d0d70a64
 def write_readme(dest=None, execute: bool = False, images_dir: str = "results/docs/readme") -> Path:
     "Render `nbs/index.ipynb` (its committed outputs) to `README.md` as Markdown."
     home, nbs = paths().home, paths().nbs

@@ -10,7 +10,7 @@ import pytest
 
 from labnb.cli import SKIP_EXEC, main
 from labnb.core import paths
-from labnb.docs import (WIDGET_STATE, WIDGET_VIEW, _directives, _src, api_names, build_docs, check_site, clean_notebook,
+from labnb.docs import (WIDGET_STATE, WIDGET_VIEW, DocsError, _directives, _src, api_names, build_docs, check_site, clean_notebook,
                         clean_notebooks, find_pages, front_matter, module_name, stage)
 from labnb.runner import scratch_home
 
@@ -124,12 +124,16 @@ def _nb(*cells):
 @pytest.mark.parametrize("bad, why", [("[a heading](#no-such-heading)", "no-such-heading"),
                                       ("![](no_such_figure.png)", "no_such_figure.png"),
                                       ("[gone](02_gone.ipynb)", "02_gone.ipynb")])
-def test_a_broken_link_fails_the_build(bad, why):
+def test_a_broken_link_fails_the_build(bad, why, capsys):
     with scratch_home(templates_=()) as h:
         (h / "nbs" / "index.ipynb").write_text(_nb(nbformat.v4.new_markdown_cell(f"# home\n\n> The front page.\n\n## One\n\nSee {bad}.")))
-        with pytest.raises(RuntimeError, match=re.escape(why)):
+        with pytest.raises(DocsError, match=r"^nbs/index\.ipynb: .*" + re.escape(why)):
             build_docs(h / "_docs", engine="mkdocs")
         assert not (h / "_docs").exists()                                         # nothing half-written
+        capsys.readouterr()
+        assert main(["docs", "--out", str(h / "_docs")]) == 2                    # the command: one line, status 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "nbs/index.ipynb" in err and why in err and str(h) not in err, err
 
 
 def test_jupyterlab_save_cleans_back_to_the_committed_bytes():
