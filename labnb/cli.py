@@ -57,16 +57,19 @@ def promote(run_dir, name: str) -> Path:
     return dest
 
 # %% ../nbs/92_cli.ipynb #745e76b3
-def _parse_params(pairs) -> dict:
+def _parse_params(pairs, sets=()) -> dict:
+    "`-p KEY VALUE` pairs and `-s KEY=VALUE` settings (the override syntax of every labnb command) as one dict."
     out = {}
-    for k, v in pairs or []:
+    for s in sets or []:
+        if "=" not in s: raise UsageError(f"-s takes KEY=VALUE, got {s!r}")
+    for k, v in [*(pairs or []), *(s.split("=", 1) for s in sets or [])]:
         if k in out: raise UsageError(f"parameter {k} given twice")
         out[k] = v
     return out
 
 def cmd_run(a) -> int:
     "`labnb run TEMPLATE -p key value ... [--force]`"
-    r = run_template(a.template, _parse_params(a.param), force=a.force, from_cli=True, progress=not a.quiet)
+    r = run_template(a.template, _parse_params(a.param, a.set), force=a.force, from_cli=True, progress=not a.quiet)
     print(f"{r.status}: {rel_home(r.run_dir)}")
     print(json.dumps(r.metrics, indent=2))
     return 0
@@ -134,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run one template into results/{experiment}/{run_id}/")
     r.add_argument("template", help="template name in nbs/experiments (or a path to a notebook)")
     r.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"), help="set a parameter (repeatable)")
-    r.add_argument("--force", action="store_true", help="run even if metrics.json exists")
+    r.add_argument("-s", "--set", action="append", metavar="KEY=VALUE", help="set a parameter, YAML-typed (repeatable)")
+    r.add_argument("--force", action="store_true", help="run again even if complete (the old run is replaced only if the new one completes)")
     r.add_argument("-q", "--quiet", action="store_true", help="no cell progress bar")
     s = sub.add_parser("sweep", help="run or resume a sweep described by a YAML file")
     s.add_argument("sweep", help="SWEEP.yaml")

@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 import yaml
 
-from .core import ConfigError, _coerce, _type_name, logger, now_iso, paths
+from .core import ConfigError, coerce, type_name, logger, now_iso, paths
 from .store import Busy, RunFolder, StoreError, atomic_write, atomic_write_yaml, file_lock, read_json
 
 # %% ../nbs/90_runner.ipynb #3a68b361
@@ -47,7 +47,7 @@ class Param:
     type: Any
     default: Any
     help: str = ""
-    def __repr__(self): return f"{self.name}: {_type_name(self.type)} = {self.default!r}  # {self.help}"
+    def __repr__(self): return f"{self.name}: {type_name(self.type)} = {self.default!r}  # {self.help}"
 
 _TYPE_NS = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict, "tuple": tuple,
             "Literal": Literal, "Optional": Optional, "Union": Union, "None": None, "Any": Any}
@@ -77,7 +77,7 @@ def parse_params(src: str, source: str = "<parameters>") -> dict[str, Param]:
         try: default = ast.literal_eval(node.value)
         except ValueError: raise TemplateError(f"parameter {name}: default must be a literal, got {ast.unparse(node.value)!r}", source) from None
         if tp is None: tp = Any if default is None else type(default)
-        out[name] = Param(name, tp, _coerce(default, tp, name, source), notes.get(node.lineno, ""))
+        out[name] = Param(name, tp, coerce(default, tp, name, source), notes.get(node.lineno, ""))
     return out
 
 # %% ../nbs/90_runner.ipynb #abf8c8aa
@@ -120,7 +120,7 @@ def validate_params(template: str|Path, given: dict, from_cli: bool = False, spe
     out = {k: p.default for k, p in spec.items() if k not in RESERVED}
     for k, v in given.items():
         if from_cli and isinstance(v, str): v = parse_cli_value(v, spec[k].type)
-        try: out[k] = _coerce(v, spec[k].type, k)
+        try: out[k] = coerce(v, spec[k].type, k)
         except ConfigError as e: raise ParamError(k, str(e).split(": ", 1)[1] + f" (template {path.stem})", str(path)) from None
     return out
 

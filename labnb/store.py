@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['TMP_TAG', 'COMPLETE_FILE', 'LEASE_SECONDS', 'STATUSES', 'MANIFEST_FIELDS', 'StoreError', 'atomic_path',
-           'atomic_write', 'atomic_write_json', 'atomic_write_yaml', 'read_json', 'pid_alive', 'clean_tmp', 'save',
-           'RunFolder', 'open_run', 'connect', 'transaction', 'owner_id', 'owner_alive', 'StatusTable', 'Busy',
+           'atomic_write', 'jsonable', 'atomic_write_json', 'atomic_write_yaml', 'read_json', 'pid_alive', 'clean_tmp',
+           'save', 'RunFolder', 'open_run', 'connect', 'transaction', 'owner_id', 'owner_alive', 'StatusTable', 'Busy',
            'file_lock', 'UnitRow', 'CacheMismatch', 'CacheCorrupt', 'file_sha256', 'manifest_key', 'ArrayCache',
            'ChunkedArray']
 
@@ -64,7 +64,8 @@ def atomic_write(path, data: str|bytes) -> Path:
         tmp.write_bytes(data.encode() if isinstance(data, str) else data)
     return Path(path)
 
-def _jsonable(x):
+def jsonable(x):
+    "`json.dumps` default for numpy scalars and arrays, paths and objects with `to_dict`."
     if isinstance(x, (np.integer,)): return int(x)
     if isinstance(x, (np.floating,)): return float(x)
     if isinstance(x, np.ndarray): return x.tolist()
@@ -72,11 +73,13 @@ def _jsonable(x):
     if hasattr(x, "to_dict"): return x.to_dict()
     raise TypeError(f"not JSON serializable: {type(x).__name__}")
 
+_jsonable = jsonable      # the name before 0.2
+
 def atomic_write_json(path, obj, indent: int = 2) -> Path:
-    return atomic_write(path, json.dumps(obj, indent=indent, default=_jsonable, sort_keys=False) + "\n")
+    return atomic_write(path, json.dumps(obj, indent=indent, default=jsonable, sort_keys=False) + "\n")
 
 def atomic_write_yaml(path, obj) -> Path:
-    return atomic_write(path, yaml.safe_dump(json.loads(json.dumps(obj, default=_jsonable)), sort_keys=False))
+    return atomic_write(path, yaml.safe_dump(json.loads(json.dumps(obj, default=jsonable)), sort_keys=False))
 
 def read_json(path):
     "A JSON file's content; a truncated or malformed file is a `StoreError` naming it."
@@ -115,7 +118,7 @@ def save(path, obj) -> Path:
     "Write `obj` to `path` atomically, by the file's suffix: `.json`/`.yaml`, `.jsonl` (a list of rows), `.npy`, `.pt`, `.csv` (a DataFrame); text or bytes otherwise."
     path = Path(path); sfx = path.suffix.lower()
     if sfx in _SAVERS: return _SAVERS[sfx](path, obj)
-    if sfx == ".jsonl": return atomic_write(path, "".join(json.dumps(r, default=_jsonable) + "\n" for r in obj))
+    if sfx == ".jsonl": return atomic_write(path, "".join(json.dumps(r, default=jsonable) + "\n" for r in obj))
     if sfx == ".npy":
         with atomic_path(path, suffix=".npy") as tmp: np.save(tmp, np.asarray(obj))
         return path
@@ -349,7 +352,7 @@ def complete(self: StatusTable, unit: str, result=None):
     "Mark `unit` completed with a small JSON `result`."
     now = time.time()
     self._exec(f"""UPDATE {self.table} SET status='completed', finished=?, seconds=?-COALESCE(started, ?),
-        result=?, updated=?, owner=NULL WHERE unit=?""", (now, now, now, json.dumps(result, default=_jsonable), now, unit))
+        result=?, updated=?, owner=NULL WHERE unit=?""", (now, now, now, json.dumps(result, default=jsonable), now, unit))
 
 @patch
 def fail(self: StatusTable, unit: str, error: str):

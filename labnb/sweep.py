@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .core import Config, ConfigError, from_dict, logger, paths, read_yaml, resolve_env
+from .core import Config, ConfigError, format_table, from_dict, logger, paths, read_yaml, resolve_env
 from .store import RunFolder, StatusTable, atomic_write, owner_id, read_json
 from .runner import (ParamError, RunBusy, find_template, rel_home, run_template, validate_params, make_run_id, template_params,
                           RESERVED, index_row, scan_index, write_index, read_index)
@@ -298,7 +298,6 @@ def sweep_rows(sweep) -> list[dict]:
 
 def status_report(sweep=None, max_rows: int = 50) -> str:
     "What is pending, running, completed and failed: all sweeps, or the units of one."
-    from labnb.cli import format_table
     if sweep is None:
         root = paths().results / "sweeps"
         names = sorted(p.parent.name for p in root.glob("*/status.sqlite"))
