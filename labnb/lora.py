@@ -45,8 +45,16 @@ def _block_of(name: str) -> int|None:
     m = _BLOCK_RE.search("." + name + ".")
     return int(m.group(1)) if m else None
 
+def _trunk_prefix(model) -> str:
+    "Name prefix of the language model's blocks (`model.language_model.layers.`: not a vision tower's); '' if unknown."
+    from labnb.models import model_spec
+    try: blocks = model_spec(model).blocks(model)
+    except (KeyError, AttributeError): return ""
+    return next((n + "." for n, m in model.named_modules() if m is blocks), "")
+
 def _n_blocks(model) -> int:
-    return max((b + 1 for n, _ in model.named_modules() if (b := _block_of(n)) is not None), default=0)
+    trunk = _trunk_prefix(model)
+    return max((b + 1 for n, _ in model.named_modules() if n.startswith(trunk) and (b := _block_of(n)) is not None), default=0)
 
 LORA_TARGETS: dict[str, list[str]] = {   # model_type -> attention projections named as in the model (query and value)
     "phi3": ["qkv_proj"], "gpt_neox": ["query_key_value"], "falcon": ["query_key_value"], "gpt2": ["c_attn"],
@@ -83,9 +91,10 @@ def lora_layout(model, spec: LoraSpec) -> LoraLayout:
     bad = [l for l in spec.layers if not -n <= l < n]
     if bad: raise ConfigError("lora.layers", f"{bad} out of range for a model with {n} blocks")
     targets = []
+    trunk = _trunk_prefix(model)
     targets, linears = [], set()                           # linears of the chosen blocks: targets, all last names
     for name, mod in model.named_modules():
-        if _block_of(name) in layers and (io := _in_out(mod)):
+        if name.startswith(trunk) and _block_of(name) in layers and (io := _in_out(mod)):
             linears.add(leaf := name.rsplit(".", 1)[-1])
             if leaf in spec.modules: targets.append((name, *io))
     if missing := [m for m in spec.modules if m not in linears]:
@@ -149,9 +158,12 @@ def sum_adapters(loras: Sequence[dict], weights: Sequence[float]|None = None) ->
             for n in names}
 
 # %% ../nbs/24_lora.ipynb #d83f275a
-def peft_config(spec: LoraSpec, n_blocks: int, init: bool = True):
-    "The `peft.LoraConfig` of `spec` (no dropout) for a model with `n_blocks` blocks."
+def peft_config(spec: LoraSpec, n_blocks: int, init: bool = True, targets: list[str]|None = None):
+    "The `peft.LoraConfig` of `spec` (no dropout) for a model with `n_blocks` blocks (or exactly the module names `targets`)."
     from peft import LoraConfig
+    if targets is not None:
+        return LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=list(targets), lora_dropout=0.0,
+                          init_lora_weights=init, bias="none")
     layers = "|".join(str(l) for l in sorted({l % n_blocks for l in spec.layers}))
     names = "|".join(re.escape(m) for m in spec.modules)
     # the targets of `lora_layout`, as one regex over full module names (also for trunks whose names start at the blocks)
@@ -172,7 +184,8 @@ def lora_from_peft(peft_model) -> dict:
 def peft_model_of(model, spec: LoraSpec, lora: dict|None = None):
     "A peft LoRA model on a deep copy of `model` (the original stays untouched), optionally loaded with `lora`."
     from peft import get_peft_model
-    pm = get_peft_model(copy.deepcopy(model), peft_config(spec, _n_blocks(model), init=True))
+    names = lora_layout(model, spec).names                # exactly the functional targets (a vision tower's never)
+    pm = get_peft_model(copy.deepcopy(model), peft_config(spec, _n_blocks(model), init=True, targets=names))
     if lora is not None:
         sd = pm.state_dict()
         with torch.no_grad():

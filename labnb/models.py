@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .core import paths, default_device, default_dtype, resolve_dtype, logger
+from .core import ConfigError, paths, default_device, default_dtype, resolve_dtype, logger
 
 # %% ../nbs/02_models.ipynb #3ed5486f
 @dataclass(frozen=True)
@@ -240,6 +240,12 @@ def _tiny_configs(vocab: int) -> dict[str, Callable]:
         "gemma2": lambda: T.Gemma2Config(**s64, **gqa, head_dim=16, sliding_window=16),
         "gemma3_text": lambda: T.Gemma3TextConfig(**small, num_key_value_heads=1, head_dim=16, **ids, sliding_window=16,
                                                   layer_types=["sliding_attention", "full_attention"]),
+        "gemma3_vlm": lambda: T.Gemma3Config(                   # the multimodal wrapper: a vision tower beside the blocks
+            text_config=T.Gemma3TextConfig(**s64, **gqa, head_dim=16, sliding_window=16,
+                                           layer_types=["sliding_attention", "full_attention"]).to_dict(),
+            vision_config=T.SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                               image_size=28, patch_size=14).to_dict(),
+            mm_tokens_per_image=4, boi_token_index=vocab - 3, eoi_token_index=vocab - 2, image_token_index=vocab - 1),
         "stablelm": lambda: T.StableLmConfig(**s64, **gqa),
         "gpt2": lambda: T.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=512, bos_token_id=1, eos_token_id=2),
         "gpt_neox": lambda: T.GPTNeoXConfig(**small, rotary_pct=0.5, **ids),
@@ -254,7 +260,7 @@ def _tiny_configs(vocab: int) -> dict[str, Callable]:
     }
 
 TINY_ARCHS: tuple[str, ...] = ("llama", "llama3", "qwen2", "qwen3", "mistral", "mixtral", "phi3", "olmo2", "gemma", "gemma2",
-                               "gemma3_text", "stablelm", "gpt2", "gpt_neox", "gptj", "falcon", "bert", "roberta", "modernbert")
+                               "gemma3_text", "gemma3_vlm", "stablelm", "gpt2", "gpt_neox", "gptj", "falcon", "bert", "roberta", "modernbert")
 TINY_ALIASES = {"gemma3": "gemma3_text", "pythia": "gpt_neox"}
 
 def tiny_model(arch: str = "llama", seed: int = 0, dtype=None):
@@ -267,7 +273,9 @@ def tiny_model(arch: str = "llama", seed: int = 0, dtype=None):
     torch.manual_seed(seed)
     cfg = _tiny_configs(len(tok))[arch]()
     dtype = resolve_dtype(dtype) if dtype is not None else torch.float32
-    model = (AutoModel if enc else AutoModelForCausalLM).from_config(cfg, dtype=dtype).eval()
+    from transformers import AutoModelForImageTextToText
+    cls = AutoModel if enc else AutoModelForImageTextToText if arch.endswith("_vlm") else AutoModelForCausalLM
+    model = cls.from_config(cfg, dtype=dtype).eval()
     model._labnb_meta = {"model_id": f"tiny-{arch}", "revision": f"seed{seed}", "source": "random",
                          "dtype": str(dtype).replace("torch.", "")}
     return model, tok
@@ -444,7 +452,7 @@ def auto_batch_size(spec: ModelSpec, n_tokens: int, kind: str = "prefix", dtype=
                     free_bytes: int|None = None, device=None, fraction: float = 0.8, max_batch: int = 1024) -> int:
     "Rows per forward pass that fit in `fraction` of the free memory (`LABNB_BATCH` overrides); at least 1."
     if b := os.environ.get("LABNB_BATCH"):
-        if not b.isdigit() or int(b) < 1: raise ValueError(f"LABNB_BATCH must be a positive integer, got {b!r}")
+        if not b.isdigit() or int(b) < 1: raise ConfigError("LABNB_BATCH", f"must be a positive integer, got {b!r}")
         return int(b)
     free = free_memory(device) if free_bytes is None else free_bytes
     return int(max(1, min(max_batch, fraction * free // row_bytes(spec, n_tokens, kind, dtype, vocab))))
