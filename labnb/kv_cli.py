@@ -34,7 +34,7 @@ def cmd_resolve(a) -> int:
 
 def cmd_prepare(a) -> int:
     from labnb.kv_prepare import prepare
-    man = prepare(_cfg(a), progress=not a.quiet)
+    man = prepare(_cfg(a), progress=not a.quiet, force=a.command == "prepare" and a.force)
     print(json.dumps({t: {"n_pool": v["n_pool"], "bin_edges": v["bin_edges"]} for t, v in man["tasks"].items()}))
     return 0
 
@@ -50,14 +50,23 @@ def cmd_run(a) -> int:
 def cmd_score(a) -> int:
     from labnb.kv_score import score_store
     cfg = _cfg(a)
-    n = score_store(_store(cfg), rescore=getattr(a, "rescore", False), progress=not a.quiet)
+    st = _store(cfg)
+    ids = _run_ids(st, a)
+    n = sum(score_store(st, run_id=r, rescore=getattr(a, "rescore", False), progress=not a.quiet) for r in ids or [None])
     print(f"scored {n} responses"); return 0
 
 def cmd_analyze(a) -> int:
     from labnb.kv_analyze import analyze
     cfg = _cfg(a)
-    out = analyze(_store(cfg), cfg.root / "analysis", cfg.analysis_config(), figures=cfg.report.figures)
-    print(out["transitions"].to_string(index=False)); return 0
+    st = _store(cfg)
+    ids = _run_ids(st, a)
+    if ids:                                           # a subset of runs: its own folder, not stored as the group's analysis
+        from labnb.kv_analyze import load_results
+        res = load_results(st)
+        out = analyze(res[res.run_id.isin(ids)], cfg.root / "analysis" / ("runs-" + "+".join(ids)), cfg.analysis_config(),
+                      figures=cfg.report.figures)
+    else: out = analyze(st, cfg.root / "analysis", cfg.analysis_config(), figures=cfg.report.figures, force=getattr(a, "force", False))
+    print(out["transition_summary"].to_string(index=False)); return 0
 
 def cmd_report(a) -> int:
     from labnb.kv_report import write_report
@@ -68,6 +77,14 @@ def cmd_all(a) -> int:
     for f in (cmd_prepare, cmd_run, cmd_score, cmd_report):
         if (rc := f(a)): return rc
     return 0
+
+def _run_ids(st: KVStore, a) -> list[str]:
+    "The `--run-id` values, each checked against the store's runs."
+    ids = getattr(a, "run_id", None) or []
+    known = [r["run_id"] for r in st.runs()]
+    for i in ids:
+        if i not in known: raise ConfigError("--run-id", f"unknown run {i!r} (runs: {', '.join(known) or 'none'})")
+    return ids
 
 def _store(cfg) -> KVStore:
     if not cfg.db_path.is_file(): raise FileNotFoundError(f"{cfg.db_path} not found: run `labnb kv prepare` and `run` first")
@@ -95,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
             s.add_argument("--limit", type=int, default=None, help="at most N requests per run (then stop; resumable)")
             s.add_argument("--only", nargs="+", default=None, metavar="RUN_ID", help="only these runs")
         if name == "score": s.add_argument("--rescore", action="store_true", help="drop existing scores first")
+        if name in ("score", "analyze"):
+            s.add_argument("--run-id", nargs="+", default=None, metavar="RUN_ID", help="only these runs (e.g. snapkv-ratio0.5)")
+        if name in ("prepare", "analyze"):
+            s.add_argument("--force", action="store_true", help="redo even when the inputs are unchanged")
     return p
 
 BAD_INPUT = (ConfigError, RunMismatch, FileNotFoundError, KeyError, ValueError)

@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['PROMPTS', 'TASKS', 'PromptTemplate', 'prompt_hash', 'TaskSpec', 'load_tokenizer', 'quantile_bins', 'pool_ranks',
-           'templates_of', 'styles_of', 'prompt_hash_of', 'prepare', 'selected_ids', 'read_manifest']
+           'templates_of', 'styles_of', 'prompt_hash_of', 'prepare_key', 'prepare', 'import_examples', 'selected_ids',
+           'read_manifest']
 
 # %% ../nbs/32_kv_prepare.ipynb #ad00bdc0
 import hashlib, json
@@ -16,7 +17,7 @@ import numpy as np
 
 from .core import paths, logger, now_iso, provenance
 from .data import DataError
-from .store import atomic_write_json
+from .store import atomic_write, atomic_write_json, file_sha256
 from .kv_config import redact_secrets
 from .kv_store import KVStore, example_id, dataset_hash
 
@@ -215,21 +216,49 @@ def _check_example(e, t, i: int) -> dict:
     if not e["context"].strip(): raise DataError("empty context", src, rec, "context")
     return e
 
-def prepare(cfg, tokenizer=None, progress: bool = True) -> dict:
-    "Prepare the examples of a `KVConfig`; returns the manifest (also written to `<root>/manifest.json`)."
+def prepare_key(cfg, raw: dict) -> str:
+    "Hash of what tokens and bins depend on: the loaded examples of every task, the tokenizer, templates, styles and prepare settings."
+    p = cfg.prepare
+    h = hashlib.sha256(json.dumps([cfg.engine.tokenizer or cfg.engine.model, templates_of(cfg), styles_of(cfg),
+                                   p.n_bins, p.per_bin, p.max_tokens, p.seed], sort_keys=True).encode())
+    for name in sorted(raw):
+        for e in raw[name]: h.update(json.dumps([name, e["question"], e["context"], list(e["answers"]), e.get("meta", {})],
+                                                sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+def _reuse(cfg, key: str) -> dict|None:
+    "The existing manifest if it was prepared from the same key and its examples file is intact, else None."
+    f = cfg.root / "manifest.json"
+    if not f.is_file(): return None
+    try: man = read_manifest(cfg)
+    except DataError: return None
+    if man.get("prepare_key") != key or not man.get("examples_file"): return None
+    ex = cfg.root / man["examples_file"]
+    if not ex.is_file() or file_sha256(ex) != man.get("examples_sha256"): return None
+    return man
+
+def prepare(cfg, tokenizer=None, progress: bool = True, force: bool = False) -> dict:
+    """Prepare the examples of a `KVConfig`; returns the manifest (also written to `<root>/manifest.json`, with the
+    examples in a content-addressed `examples-<dataset_hash>.jsonl` beside it). When the loaded examples, tokenizer,
+    templates and prepare settings are those of the existing manifest, nothing is tokenized or binned again."""
     from tqdm.auto import tqdm
     p, eng = cfg.prepare, cfg.engine
     tok_name = eng.tokenizer or eng.model
+    names = [t.name for t in p.tasks]
+    if len(set(names)) != len(names): raise ValueError(f"prepare.tasks: a task appears twice in {names}")
+    raw = {t.name: [_check_example(e, t, i) for i, e in enumerate(TASKS[t.name].load(t, p.seed))] for t in p.tasks}
+    key = prepare_key(cfg, raw)
+    if not force and (man := _reuse(cfg, key)) is not None:
+        import_examples(cfg, man)
+        logger.info("%s: dataset and tokenizer unchanged: tokens and bins reused", cfg.root / "manifest.json")
+        return man
     tok = tokenizer or load_tokenizer(tok_name)
     from labnb.kv_engines import count_prompt_tokens
     templates, examples, tasks_out = templates_of(cfg), [], {}
-    names = [t.name for t in p.tasks]
-    if len(set(names)) != len(names): raise ValueError(f"prepare.tasks: a task appears twice in {names}")
     for ti, t in enumerate(p.tasks):
-        raw = [_check_example(e, t, i) for i, e in enumerate(TASKS[t.name].load(t, p.seed))]
         tmpl = PROMPTS[templates[t.name]]
         rows, seen = [], set()
-        for e in tqdm(raw, desc=f"tokens {t.name}", disable=not progress):
+        for e in tqdm(raw[t.name], desc=f"tokens {t.name}", disable=not progress):
             eid = example_id(t.name, e["question"], e["context"], e["answers"])
             if eid in seen: continue
             seen.add(eid)
@@ -247,18 +276,37 @@ def prepare(cfg, tokenizer=None, progress: bool = True) -> dict:
             lens = [r["n_tokens"] for r, bb in zip(rows, bins) if bb == b]
             edges.append([int(min(lens)), int(max(lens))])
             per_bin[b] = sorted(members, key=ranks.get)[:p.per_bin]
+        entries = [dict(example_id=r["example_id"], bin=int(r["bin"]), n_tokens=int(r["n_tokens"]), pool_rank=r["meta"]["pool_rank"])
+                   for r in sorted(rows, key=lambda r: (r["bin"], r["meta"]["pool_rank"]))]
         tasks_out[t.name] = dict(template=templates[t.name], template_hash=tmpl.hash(), n_pool=len(rows), bin_edges=edges,
-                                 selected={str(b): ids for b, ids in per_bin.items()})
+                                 selected={str(b): ids for b, ids in per_bin.items()}, entries=entries)
         examples += rows
+    dh = dataset_hash(examples)
+    ex_file = cfg.root / f"examples-{dh}.jsonl"
+    fields = ("example_id", "task", "bin", "n_tokens", "question", "context", "answers", "meta")
+    atomic_write(ex_file, "".join(json.dumps({k: e.get(k) for k in fields}, ensure_ascii=False, default=str) + "\n" for e in examples))
     store = KVStore(cfg.db_path)
     store.add_examples(examples)
     man = dict(group=cfg.group, created=now_iso(), tokenizer=tok_name, prompt_style=styles_of(cfg),
-               prompt_template_hash=prompt_hash_of(cfg), dataset_hash=dataset_hash(examples),
+               prompt_template_hash=prompt_hash_of(cfg), dataset_hash=dh, prepare_key=key,
+               examples_file=ex_file.name, examples_sha256=file_sha256(ex_file),
                n_examples=len(examples), n_bins=p.n_bins, per_bin=p.per_bin, seed=p.seed, tasks=tasks_out,
                config=redact_secrets(cfg.prepare.to_dict()), **{k: v for k, v in provenance(p.seed).items() if k in ("git", "versions")})
     atomic_write_json(cfg.root / "manifest.json", man)
     logger.info("prepared %d examples (%s) in %s", len(examples), ", ".join(tasks_out), cfg.root)
     return man
+
+def import_examples(cfg, manifest: dict, store: KVStore|None = None) -> int:
+    """Add the examples of a manifest's examples file to the group's store (a prepared folder copied to another
+    machine runs without preparing again); returns how many were new."""
+    f = cfg.root / manifest.get("examples_file", "")
+    if not manifest.get("examples_file") or not f.is_file():
+        raise DataError("the examples file of the manifest is missing; run `labnb kv prepare` again", f, field="examples_file")
+    if file_sha256(f) != manifest.get("examples_sha256"):
+        raise DataError("content differs from the manifest's examples_sha256; run `labnb kv prepare` again", f)
+    from labnb.data import read_jsonl
+    rows = [dict(r.data) for r in read_jsonl(f)]
+    return (store or KVStore(cfg.db_path)).add_examples(rows)
 
 def selected_ids(manifest: dict, max_rank: int|None = None, store: KVStore|None = None) -> list[str]:
     """Sampled example ids of a manifest, interleaved (rank 0 of every (task, bin) first, then rank 1, ...) so that a

@@ -15,7 +15,7 @@ from fastcore.basics import patch
 from .core import logger
 from .kv_config import redact_secrets
 from .kv_store import LEASE_S, KVStore, RunMismatch, process_owner
-from .kv_prepare import PROMPTS, TASKS, templates_of, styles_of, prompt_hash_of, read_manifest, selected_ids
+from .kv_prepare import PROMPTS, TASKS, templates_of, styles_of, prompt_hash_of, read_manifest, selected_ids, import_examples
 from .kv_engines import GenRequest, GenResult, make_engine
 
 # %% ../nbs/35_kv_run.ipynb #84fa200b
@@ -63,7 +63,12 @@ class KVRunner:
         self.owner = process_owner()     # claims requests in the store under this name
         self._examples = None
     def examples(self) -> dict:
-        if self._examples is None: self._examples = {e["example_id"]: e for e in self.store.examples()}
+        "The group's examples by id (read from the manifest's examples file when the store lacks them)."
+        if self._examples is None:
+            self._examples = {e["example_id"]: e for e in self.store.examples()}
+            if self.manifest.get("examples_file") and any(i not in self._examples for i in selected_ids(self.manifest)):
+                import_examples(self.cfg, self.manifest, self.store)
+                self._examples = {e["example_id"]: e for e in self.store.examples()}
         return self._examples
     def request(self, ex: dict, spec: RunSpec) -> GenRequest:
         c, q, a = self.templates[ex["task"]].render(ex)

@@ -179,7 +179,7 @@ def test_client_survives_hostile_server(name):
         took = time.monotonic() - t0
         eng.close()
     assert res.error_type == expected, (name, res)
-    if name == "huge_body": assert "larger than" in res.error, res.error
+    if name == "huge_body": assert "larger than" in res.error or "longer than" in res.error, res.error   # size caps, not a hang
     assert fails and fails[-1]["final"] and all(f["error_type"] == expected for f in fails)
     assert took < 2 * (1.0 + 1.0) + 2, took                          # two attempts, each bounded by ~timeout_s
 
