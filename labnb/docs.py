@@ -9,7 +9,7 @@ __all__ = ['SECTIONS', 'WIDGET_VIEW', 'WIDGET_STATE', 'MATHJAX_CONFIG', 'EXTRA_C
            'build_ctx', 'rewrite_markdown', 'render_output', 'page_markdown', 'stage', 'mkdocs_config', 'DocsError',
            'docs_error', 'build_site', 'check_site', 'build_docs', 'write_readme']
 
-# %% ../nbs/94_docs.ipynb #46b99384
+# %% ../nbs/94_docs.ipynb #4352c490
 import ast, hashlib, html, json, logging, os, re, shutil, subprocess, sys, tempfile, time
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -21,7 +21,7 @@ import nbformat
 from .core import ConfigError, logger, paths
 from .store import atomic_write
 
-# %% ../nbs/94_docs.ipynb #60fe857e
+# %% ../nbs/94_docs.ipynb #3f73517d
 SECTIONS = {"library": "*.ipynb", "experiments": "experiments/*.ipynb", "runs": "runs/*.ipynb"}
 
 @dataclass
@@ -50,7 +50,7 @@ def find_pages(nbs: Path|None = None) -> list[Page]:
         out += [Page(p, page_href(p, nbs), sec) for p in sorted(nbs.glob(pat)) if p.name != "index.ipynb" and not p.name.startswith("_")]
     return out
 
-# %% ../nbs/94_docs.ipynb #0bae216d
+# %% ../nbs/94_docs.ipynb #d703f544
 _DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+)\s*:?\s*(.*)$")
 
 def _src(c: dict) -> str: return "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
@@ -79,7 +79,7 @@ def front_matter(nb: dict) -> dict:
             break
     return fm
 
-# %% ../nbs/94_docs.ipynb #afcab442
+# %% ../nbs/94_docs.ipynb #84b6a382
 def module_name(nb: dict) -> str|None:
     "The dotted module a notebook exports to (`#| default_exp kv.store` -> `labnb.kv.store`)."
     from nbdev.config import get_config
@@ -96,7 +96,7 @@ def api_names(src: str) -> list[str]:
     defs = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
     return [n.name for n in tree.body if isinstance(n, defs) and not n.name.startswith("_")]
 
-# %% ../nbs/94_docs.ipynb #e61ef391
+# %% ../nbs/94_docs.ipynb #df9778e7
 def _comments(lines: list[str], start: int) -> dict[int, str]:
     "Line number (1-based, counted from `start`) -> text of the comment ending that line."
     import io, tokenize
@@ -122,7 +122,7 @@ def docments_section(node: ast.AST, lines: list[str], start: int) -> str:
     if node.returns is not None and ret: out += f"\nReturns\n-------\n{ast.unparse(node.returns)}\n    {ret.removeprefix('->').strip()}\n"
     return out
 
-# %% ../nbs/94_docs.ipynb #d35069d9
+# %% ../nbs/94_docs.ipynb #7a65a705
 try: import griffe as _griffe
 except ImportError: _griffe = None
 
@@ -141,7 +141,7 @@ if _griffe is not None:
             else: func.docstring = _griffe.Docstring(value, parent=func, parser=getattr(agent, "docstring_parser", None),
                                                      parser_options=getattr(agent, "docstring_options", None))
 
-# %% ../nbs/94_docs.ipynb #9b32f493
+# %% ../nbs/94_docs.ipynb #9a349e6f
 WIDGET_VIEW, WIDGET_STATE = "application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json"
 
 def widget_text(data: dict, state: dict) -> str:
@@ -160,7 +160,7 @@ def widget_text(data: dict, state: dict) -> str:
         else: parts.append(html.unescape(str(s.get("value", ""))).replace("\u2007", " "))
     return "".join(parts).strip()
 
-# %% ../nbs/94_docs.ipynb #8767952f
+# %% ../nbs/94_docs.ipynb #f0041e13
 def repo_settings(path) -> tuple[Path, dict]|None:
     "The folder holding the `settings.ini` at or above `path`, and its settings (None outside an nbdev repository)."
     from configparser import ConfigParser
@@ -202,7 +202,7 @@ def clean_notebooks(where=None) -> list[Path]:
         if p.read_text(encoding="utf-8") != before: changed.append(p)
     return changed
 
-# %% ../nbs/94_docs.ipynb #7ec5d655
+# %% ../nbs/94_docs.ipynb #46c9904b
 def jupyter_pre_save(model: dict, path: str, contents_manager=None, **kw):
     "Jupyter server pre-save hook: clean a notebook saved inside a labnb repository before it is written."
     if model.get("type") != "notebook" or model.get("content", {}).get("nbformat") != 4: return
@@ -219,7 +219,7 @@ def install_jupyter_hook(prefix=None) -> Path:
     atomic_write(dest, json.dumps({"ContentsManager": {"pre_save_hook": "labnb.docs.jupyter_pre_save"}}, indent=2) + "\n")
     return dest
 
-# %% ../nbs/94_docs.ipynb #9a64439a
+# %% ../nbs/94_docs.ipynb #7070698b
 def slugify(text: str) -> str:
     "The anchor Python-Markdown's `toc` gives a heading."
     from markdown.extensions.toc import slugify as _slug
@@ -249,7 +249,7 @@ def build_ctx(pages: list[Page]) -> Ctx:
         anchors[p.href] = a
     return Ctx(pages, api, anchors)
 
-# %% ../nbs/94_docs.ipynb #710f06cb
+# %% ../nbs/94_docs.ipynb #7c2643de
 _FENCE = re.compile(r"(^```.*?^```[ \t]*$|^~~~.*?^~~~[ \t]*$)", re.M | re.S)
 
 def _rel(target: str, page: Page) -> str: return os.path.relpath(target, Path(page.href).parent).replace(os.sep, "/")
@@ -295,7 +295,7 @@ def rewrite_markdown(text: str, page: Page, ctx: Ctx, prefix: str = "", mod: str
         out.append(part)
     return "".join(out)
 
-# %% ../nbs/94_docs.ipynb #b3a45a5c
+# %% ../nbs/94_docs.ipynb #c7b3a9c2
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 def _text(s) -> str:
@@ -324,13 +324,13 @@ def render_output(o: dict, stem: str, assets: dict, state: dict) -> str:
     if "text/html" in data:
         body = "".join(data["text/html"]) if isinstance(data["text/html"], list) else data["text/html"]
         body = re.sub(r"\n\s*\n", "\n", body.strip())      # a blank line would end the HTML block
-        return f'<div class="nb-output" markdown="0">\n{body}\n</div>\n'
+        return f'<div class="nb-output">\n{body}\n</div>\n'
     if "text/markdown" in data: return "".join(data["text/markdown"]) + "\n"
     if "text/latex" in data: return "".join(data["text/latex"]) + "\n"
     if "text/plain" in data: return _block(_text(data["text/plain"]))
     return ""
 
-# %% ../nbs/94_docs.ipynb #6ca5a95f
+# %% ../nbs/94_docs.ipynb #79a445e3
 def page_markdown(page: Page, ctx: Ctx, prefix: str = "") -> tuple[str, dict]:
     "The Markdown of `page` (from its notebook's committed cells and outputs) and its images {file name: bytes}."
     nb = json.loads(page.src.read_text(encoding="utf-8"))
@@ -360,7 +360,7 @@ def page_markdown(page: Page, ctx: Ctx, prefix: str = "") -> tuple[str, dict]:
     head = f"---\ntitle: {json.dumps(page.title)}\n---\n\n# {page.title}\n\n" + (f"> {desc}\n\n" if desc else "")
     return head + "\n".join(x for x in out if x), assets
 
-# %% ../nbs/94_docs.ipynb #0d81e097
+# %% ../nbs/94_docs.ipynb #f4d8aaaf
 def _site_prefix() -> str:
     from nbdev.config import get_config
     try: cfg = get_config(path=paths().home)
@@ -383,7 +383,7 @@ def _contents(pages: list[Page]) -> str:
         if items: out.append(f"\n### {title}\n\n" + "".join(f"- [{p.title}]({p.md}): {p.description}\n" for p in items))
     return "".join(out)
 
-# %% ../nbs/94_docs.ipynb #8a183632
+# %% ../nbs/94_docs.ipynb #0ce0d4be
 def _key(*parts) -> str: return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:16]
 
 def stage(pages: list[Page], src: Path) -> list[str]:
@@ -416,7 +416,7 @@ def stage(pages: list[Page], src: Path) -> list[str]:
     atomic_write(index_file, json.dumps(new))
     return written
 
-# %% ../nbs/94_docs.ipynb #e2b9b311
+# %% ../nbs/94_docs.ipynb #8457fb2d
 MATHJAX_CONFIG = """window.MathJax = {
   tex: {inlineMath: [["\\\\(", "\\\\)"]], displayMath: [["\\\\[", "\\\\]"]], processEscapes: true, processEnvironments: true},
   options: {ignoreHtmlClass: ".*|", processHtmlClass: "arithmatex"}
@@ -424,8 +424,9 @@ MATHJAX_CONFIG = """window.MathJax = {
 document$.subscribe(() => { if (window.MathJax && MathJax.typesetPromise) MathJax.typesetPromise(); });
 """
 
-EXTRA_CSS = """.nb-output { overflow-x: auto; margin: 0 0 1em; font-size: .72rem; }
-.nb-output table { border-collapse: collapse; } .nb-output th, .nb-output td { padding: .2em .5em; border-bottom: 1px solid var(--md-default-fg-color--lightest); }
+EXTRA_CSS = """.nb-output { overflow-x: auto; margin: 0 0 1em; }
+.nb-output table { border-collapse: collapse; font-size: .64rem; line-height: 1.4; }
+.nb-output th, .nb-output td { padding: .2em .6em; border: 1px solid var(--md-default-fg-color--lightest); white-space: nowrap; text-align: right; }
 .md-typeset img { max-width: 100%; height: auto; }
 """
 
@@ -463,7 +464,7 @@ def mkdocs_config(pages: list[Page], src: Path, site: Path) -> Path:
     atomic_write(dest, yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
     return dest
 
-# %% ../nbs/94_docs.ipynb #ee4f0fa9
+# %% ../nbs/94_docs.ipynb #cc4691d4
 class DocsError(ConfigError):
     "The site cannot be built: a broken link, anchor or image, or an API entry griffe cannot find; named by notebook."
 
@@ -480,7 +481,7 @@ def docs_error(problems: list[str], pages: list[Page]) -> DocsError:
     more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
     return DocsError(first, f"{len(problems)} problem(s) in the docs: " + "; ".join(problems[:10]) + more)
 
-# %% ../nbs/94_docs.ipynb #0749cba0
+# %% ../nbs/94_docs.ipynb #1af2030d
 class _Collect(logging.Handler):
     "Keeps mkdocs' log records of level WARNING and above."
     def __init__(self): super().__init__(logging.WARNING); self.records = []
@@ -514,7 +515,7 @@ def build_site(out="_docs", pages: list[Page]|None = None) -> Path:
     logger.info("docs: %d pages (%d re-processed) in %.1f s -> %s", len(pages), len(written), time.time() - t0, out)
     return out
 
-# %% ../nbs/94_docs.ipynb #c7d2beef
+# %% ../nbs/94_docs.ipynb #16ff2594
 class _Refs(HTMLParser):
     "The ids, links and image sources of one HTML page."
     def __init__(self):
@@ -551,7 +552,7 @@ def check_site(out) -> dict:
                 broken.append((p, url, "missing anchor"))
     return {"pages": pages, "broken": broken, "images": images}
 
-# %% ../nbs/94_docs.ipynb #40a468ee
+# %% ../nbs/94_docs.ipynb #9c87a7ac
 def build_docs(out="_docs", execute: bool = False, engine: str|None = None) -> Path:
     "Build the docs: `nbdev_docs` where Quarto is installed (or `engine='quarto'`), else the mkdocs site (`build_site`)."
     engine = engine or ("quarto" if shutil.which("quarto") else "mkdocs")
@@ -564,7 +565,7 @@ def build_docs(out="_docs", execute: bool = False, engine: str|None = None) -> P
     if report["broken"]: raise docs_error([f"{p}: {u} ({w})" for p, u, w in report["broken"]], find_pages())
     return site
 
-# %% ../nbs/94_docs.ipynb #d0d70a64
+# %% ../nbs/94_docs.ipynb #fbab26ba
 def write_readme(dest=None, execute: bool = False, images_dir: str = "results/docs/readme") -> Path:
     "Render `nbs/index.ipynb` (its committed outputs) to `README.md` as Markdown."
     home, nbs = paths().home, paths().nbs
