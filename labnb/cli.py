@@ -105,9 +105,10 @@ def cmd_promote(a) -> int:
 # %% ../nbs/92_cli.ipynb #8987a772
 def demo(force: bool = False, only: list[str]|None = None) -> list[dict]:
     "Run every template with its defaults through the runner; one row per template."
-    rows = []
-    for name in (only or templates()):
+    rows, names, start = [], list(only or templates()), time.time()
+    for i, name in enumerate(names):
         t0 = time.time()
+        logger.info("demo [%d/%d] %s ...", i + 1, len(names), name)
         try:
             r = run_template(name, {}, force=force)
             m = {k: v for k, v in r.metrics.items() if isinstance(v, (int, float, str, bool))}
@@ -116,7 +117,9 @@ def demo(force: bool = False, only: list[str]|None = None) -> list[dict]:
         except (RunFailed, ConfigError) as e:
             rows.append({"template": name, "status": "failed", "seconds": round(time.time() - t0, 1), "run": "",
                          "metrics": strip_home(str(e)).replace("\n", " ")})
-        logger.info("demo %s: %s", name, rows[-1]["status"])
+        left = (time.time() - start) / (i + 1) * (len(names) - i - 1)
+        logger.info("demo [%d/%d] %s: %s in %.0f s%s", i + 1, len(names), name, rows[-1]["status"], time.time() - t0,
+                    f" (about {left / 60:.0f} min left)" if i + 1 < len(names) else "")
     return rows
 
 def cmd_demo(a) -> int:

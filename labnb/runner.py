@@ -6,7 +6,7 @@
 __all__ = ['RESERVED', 'KERNEL', 'TemplateError', 'ParamError', 'templates', 'find_template', 'Param', 'parse_params',
            'params_cell', 'template_params', 'parse_cli_value', 'validate_params', 'params_hash', 'make_run_id',
            'RunFailed', 'RunResult', 'rel_home', 'strip_home', 'index_row', 'index_file', 'upsert_index', 'scan_index',
-           'write_index', 'read_index', 'kernel_manager', 'RunBusy', 'run_template', 'scratch_home']
+           'write_index', 'read_index', 'kernel_manager', 'RunBusy', 'batch_env', 'run_template', 'scratch_home']
 
 # %% ../nbs/90_runner.ipynb #4386edfb
 import ast, contextlib, csv, hashlib, io, json, logging, os, re, shutil, sys, tempfile, time, tokenize, traceback, types
@@ -302,16 +302,36 @@ def _recover(run: RunFolder):
     if not run.path.exists() and st.done: os.rename(st.path, run.path)
 
 # %% ../nbs/90_runner.ipynb #685d9d98
+class _Tee:
+    "Write to several files at once."
+    def __init__(self, *fs): self.fs = fs
+    def write(self, s):
+        for f in self.fs: f.write(s)
+    def flush(self):
+        for f in self.fs: f.flush()
+
+@contextlib.contextmanager
+def batch_env():
+    "The environment of a batch kernel: plain-text progress bars (`LABNB_BATCH`), updated every 10 s at most."
+    old = {k: os.environ.get(k) for k in ("LABNB_BATCH", "TQDM_MININTERVAL")}
+    os.environ["LABNB_BATCH"] = "1"; os.environ.setdefault("TQDM_MININTERVAL", "10")
+    try: yield
+    finally:
+        for k, v in old.items():
+            if v is None: os.environ.pop(k, None)
+            else: os.environ[k] = v
+
 def _execute(path: Path, work: RunFolder, experiment: str, values: dict, kernel: str, progress: bool) -> tuple[Path, Path, Exception|None]:
     "Execute the template into `work` with papermill; returns the notebook, the log and the error (None on success)."
     import papermill as pm
     _quiet_papermill()
     out_nb, log, err, t0 = work / f"{experiment}.ipynb", work / "run.log", None, time.time()
-    with open(log, "w") as lf, kernel_manager(kernel) as km:
+    with open(log, "w") as lf, kernel_manager(kernel) as km, batch_env():
         lf.write(f"[{now_iso()}] labnb run {experiment} {work.path.name}\n"); lf.flush()
+        err_out = _Tee(lf, sys.stderr) if progress else lf          # the notebook's own progress bars, live
         try:
             pm.execute_notebook(str(path), str(out_nb), parameters={**values, "run_dir": rel_home(work.path)}, km=km,
-                                kernel_name=kernel, cwd=str(paths().home), progress_bar=progress, stdout_file=lf, stderr_file=lf)
+                                kernel_name=kernel, cwd=str(paths().home), progress_bar=False, stdout_file=lf, stderr_file=err_out)
         except Exception as e:
             err = e; lf.write(f"\n[{now_iso()}] FAILED\n" + "".join(traceback.format_exception_only(type(e), e)))
         else: lf.write(f"\n[{now_iso()}] finished in {time.time() - t0:.1f} s\n")

@@ -272,7 +272,9 @@ def run_sweep(sweep, retry_failed: bool = False, max_parallel: int|None = None, 
                 r = inflight.pop(fut)
                 try: res = fut.result()
                 except Exception as e: res = {"ok": False, "error": f"worker lost: {type(e).__name__}: {e}"}
-                if res["ok"]: st.complete(r.unit, {k: res[k] for k in ("status", "seconds", "metrics")})
+                if res["ok"]:
+                    st.complete(r.unit, {k: res[k] for k in ("status", "seconds", "metrics")})
+                    logger.info("%s: %s in %.1f s", r.unit, res["status"], res["seconds"])
                 elif res.get("busy"): st.release(r.unit)                          # another process is executing it
                 else: st.fail(r.unit, res["error"]); logger.warning("%s failed: %s", r.unit, res["error"].splitlines()[0])
             bar.n = done(); bar.refresh()
