@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['logger', 'DTYPES', 'home', 'plain_progress', 'Paths', 'paths', 'ConfigError', 'type_name', 'coerce', 'from_dict',
-           'Config', 'resolve_env', 'deep_merge', 'parse_overrides', 'read_yaml', 'load_config', 'seed_everything',
-           'default_device', 'resolve_dtype', 'default_dtype', 'git_info', 'package_versions', 'now_iso', 'provenance',
-           'thread_info', 'busy_cores', 'pick_threads', 'set_threads', 'format_table']
+           'Config', 'resolve_env', 'deep_merge', 'parse_overrides', 'read_yaml', 'load_config', 'config_file',
+           'seed_everything', 'default_device', 'resolve_dtype', 'default_dtype', 'git_info', 'package_versions',
+           'now_iso', 'provenance', 'thread_info', 'busy_cores', 'pick_threads', 'set_threads', 'format_table']
 
 # %% ../nbs/00_core.ipynb #a2508b30
 import contextlib, dataclasses, datetime, functools, hashlib, json, logging, os, platform, random, re, socket, subprocess, sys, time, types, typing
@@ -61,6 +61,8 @@ class Paths:
     def nbs(self) -> Path: return self.home / "nbs"
     @property
     def experiments(self) -> Path: return self.nbs / "experiments"
+    @property
+    def configs(self) -> Path: return self.home / "configs"
     def run_dir(self, experiment: str, run_id: str) -> Path: return self.results / experiment / run_id
 
 def paths() -> Paths:
@@ -218,6 +220,18 @@ def load_config(cls, files=(), overrides=()):
         merged, source = deep_merge(merged, resolve_env(d, source=str(f))), str(f)
     if overrides: merged, source = deep_merge(merged, parse_overrides(overrides)), (source or "") + " + overrides"
     return from_dict(cls, merged, source=source)
+
+# %% ../nbs/00_core.ipynb #3bddf2b9
+def config_file(workflow: str, config: str|Path, what: str = "config") -> Path:
+    "A YAML path as given, or the name of a file in `configs/{workflow}/` (an unknown name lists the known ones)."
+    p = Path(config)
+    if p.suffix in (".yaml", ".yml"): return p
+    d = paths().configs / workflow
+    f = d / f"{config}.yaml"
+    if not f.is_file():
+        known = sorted(x.stem for x in d.glob("*.yaml") if x.stem != "defaults")
+        raise ConfigError(f"<{what}>", f"no {workflow} {what} {str(config)!r} (known: {', '.join(known) or 'none'})", str(f))
+    return f
 
 # %% ../nbs/00_core.ipynb #d6f36638
 def seed_everything(seed: int) -> int:
