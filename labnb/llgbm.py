@@ -682,7 +682,8 @@ def plot_history(hists: dict):
             d = h[h["lambda"] > 0] if k == "delta_loss" else h
             if d[k].abs().sum() > 0 or k == "lambda": ax.plot(d["step"], d[k], label=name, color=f"C{i}")
     for ax, k in zip(axes, ("weight loss (std. units)", "delta loss (while lambda > 0)", "delta lambda")):
-        ax.set_title(k); ax.set_xlabel("step"); ax.legend(fontsize=8)
+        ax.set_title(k); ax.set_xlabel("step")
+        if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=8)   # (no delta-loss line in a weights-only run)
     axes[0].set_yscale("log")
     fig.tight_layout()
     return fig
