@@ -287,7 +287,7 @@ def run_sweep(sweep, retry_failed: bool = False, max_parallel: int|None = None, 
 # %% ../nbs/91_sweep.ipynb #7aa950ff
 def _sweep_dir(sweep) -> Path:
     p = Path(sweep)
-    name = (yaml.safe_load(p.read_text()) or {}).get("name") or p.stem if p.suffix in (".yaml", ".yml") and p.is_file() else str(sweep)
+    name = read_yaml(p).get("name") or p.stem if p.suffix in (".yaml", ".yml") and p.is_file() else str(sweep)
     d = paths().results / "sweeps" / name
     if not (d / "status.sqlite").exists(): raise FileNotFoundError(f"no sweep {name!r} has run here (looked for {rel_home(d / 'status.sqlite')})")
     return d
@@ -295,7 +295,8 @@ def _sweep_dir(sweep) -> Path:
 def sweep_rows(sweep) -> list[dict]:
     "One dict per unit of a sweep: unit, status, attempts, seconds, error."
     st = StatusTable(_sweep_dir(sweep) / "status.sqlite")
-    return [{"unit": u.unit, "status": u.status, "attempts": u.attempts, "seconds": round(u.seconds or 0, 1),
+    return [{"unit": u.unit, "status": "running (owner gone)" if u.stale else u.status, "attempts": u.attempts,
+             "owner": u.owner or "", "seconds": round(u.seconds or 0, 1),
              "error": (u.error or "").splitlines()[0][:120] if u.error else ""} for u in st.rows()]
 
 def status_report(sweep=None, max_rows: int = 50) -> str:
@@ -306,6 +307,6 @@ def status_report(sweep=None, max_rows: int = 50) -> str:
         if not names: return f"no sweeps under {rel_home(root)}"
         return format_table([{"sweep": n, **StatusTable(root / n / "status.sqlite").counts()} for n in names])
     rows = sweep_rows(sweep)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("pending", "running", "completed", "failed", "skipped")}
+    counts = {s: sum(r["status"].split(" ")[0] == s for r in rows) for s in ("pending", "running", "completed", "failed", "skipped")}
     shown = rows if len(rows) <= max_rows else [r for r in rows if r["status"] != "completed"]
     return ", ".join(f"{v} {k}" for k, v in counts.items()) + "\n" + format_table(shown)
