@@ -57,7 +57,8 @@ def _n_blocks(model) -> int:
     return max((b + 1 for n, _ in model.named_modules() if n.startswith(trunk) and (b := _block_of(n)) is not None), default=0)
 
 LORA_TARGETS: dict[str, list[str]] = {   # model_type -> attention projections named as in the model (query and value)
-    "phi3": ["qkv_proj"], "gpt_neox": ["query_key_value"], "falcon": ["query_key_value"], "gpt2": ["c_attn"],
+    "phi3": ["qkv_proj"], "gpt_neox": ["query_key_value"], "falcon": ["query_key_value"], "bloom": ["query_key_value"],
+    "gpt2": ["c_attn"], "gpt_bigcode": ["c_attn"],
     "bert": ["query", "value"], "roberta": ["query", "value"], "xlm-roberta": ["query", "value"], "modernbert": ["Wqkv"]}
 
 def default_lora_modules(model) -> list[str]:

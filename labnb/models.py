@@ -44,6 +44,10 @@ ARCHS: dict[str, ArchSpec] = {   # layouts that detection does not read right; e
                          v_proj="attention.query_key_value", v_layout="per_head"),
     "falcon":   ArchSpec("h", "self_attention", "self_attention.dense", "mlp", "word_embeddings", "ln_f",
                          n_kv_heads="num_kv_heads", v_proj="self_attention.query_key_value", v_layout="falcon"),
+    "gpt_neo":  ArchSpec("h", "attn", "attn.attention.out_proj", "mlp", "wte", "ln_f", n_kv_heads=None,
+                         v_proj="attn.attention.v_proj"),
+    "opt":      ArchSpec("decoder.layers", "self_attn", "self_attn.out_proj", "fc2", "decoder.embed_tokens",
+                         "decoder.final_layer_norm", n_kv_heads=None, v_proj="self_attn.v_proj"),   # MLP = fc1, fc2 in the block
     "bert":     ArchSpec("encoder.layer", "attention", "attention.output.dense", "output", "embeddings.word_embeddings",
                          None, n_kv_heads=None, causal=False, v_proj="attention.self.value"),
     "modernbert": ArchSpec("layers", "attn", "attn.Wo", "mlp", "embeddings.tok_embeddings", "final_norm", n_kv_heads=None,
@@ -66,7 +70,9 @@ def _falcon(cfg) -> dict:
     if cfg.new_decoder_architecture: return {"v_layout": "grouped", "n_kv_heads": cfg.num_kv_heads}
     return {"v_layout": "qkv", "n_kv_heads": 1} if cfg.multi_query else {"v_layout": "per_head", "n_kv_heads": cfg.num_attention_heads}
 
-CONFIG_VARIANTS: dict[str, Callable] = {"falcon": _falcon}   # layout details that depend on the config, not the type
+def _bigcode(cfg) -> dict: return {"v_layout": "qkv", "n_kv_heads": 1} if cfg.multi_query else {"v_layout": "per_head"}
+
+CONFIG_VARIANTS: dict[str, Callable] = {"falcon": _falcon, "gpt_bigcode": _bigcode}   # layout details that depend on the config, not the type
 
 # %% ../nbs/02_models.ipynb #7d520750
 @dataclass(frozen=True)
@@ -115,10 +121,10 @@ PART_NAMES: dict[str, tuple[str, ...]] = {          # child names tried in order
     "attn": ("self_attn", "attn", "attention", "self_attention"),
     "attn_out": ("o_proj", "out_proj", "dense", "c_proj", "Wo"),
     "mlp": ("mlp", "feed_forward", "block_sparse_moe", "ffn"),
-    "v_proj": ("v_proj", "qkv_proj", "Wqkv", "c_attn"),
+    "v_proj": ("v_proj", "qkv_proj", "Wqkv", "c_attn", "query_key_value"),
     "final_norm": ("norm", "final_layernorm", "final_layer_norm", "ln_f", "norm_f", "final_norm"),
 }
-V_LAYOUT_OF = {"v_proj": "separate", "qkv_proj": "qkv", "Wqkv": "qkv", "c_attn": "qkv"}
+V_LAYOUT_OF = {"v_proj": "separate", "qkv_proj": "qkv", "Wqkv": "qkv", "c_attn": "qkv", "query_key_value": "per_head"}
 
 def _child(mod: nn.Module, part: str) -> str|None:
     return next((n for n in PART_NAMES[part] if isinstance(getattr(mod, n, None), nn.Module)), None)
@@ -249,6 +255,14 @@ def _tiny_configs(vocab: int) -> dict[str, Callable]:
         "stablelm": lambda: T.StableLmConfig(**s64, **gqa),
         "gpt2": lambda: T.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=512, bos_token_id=1, eos_token_id=2),
         "gpt_neox": lambda: T.GPTNeoXConfig(**small, rotary_pct=0.5, **ids),
+        "gpt_neo": lambda: T.GPTNeoConfig(vocab_size=vocab, hidden_size=64, num_layers=2, num_heads=4, window_size=16,
+                                          attention_types=[[["global", "local"], 1]], max_position_embeddings=512, **ids),
+        "gpt_bigcode": lambda: T.GPTBigCodeConfig(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=512,
+                                                  multi_query=True, **ids),                   # one KV head (SantaCoder)
+        "opt": lambda: T.OPTConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, ffn_dim=128, num_attention_heads=4,
+                                   max_position_embeddings=512, word_embed_proj_dim=64, **ids),
+        "bloom": lambda: T.BloomConfig(vocab_size=vocab, hidden_size=64, n_layer=2, n_head=4, **ids),
+        "phi": lambda: T.PhiConfig(**s64, **gqa),
         "gptj": lambda: T.GPTJConfig(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=512, rotary_dim=8,
                                      bos_token_id=1, eos_token_id=2),
         "falcon": lambda: T.FalconConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -260,7 +274,8 @@ def _tiny_configs(vocab: int) -> dict[str, Callable]:
     }
 
 TINY_ARCHS: tuple[str, ...] = ("llama", "llama3", "qwen2", "qwen3", "mistral", "mixtral", "phi3", "olmo2", "gemma", "gemma2",
-                               "gemma3_text", "gemma3_vlm", "stablelm", "gpt2", "gpt_neox", "gptj", "falcon", "bert", "roberta", "modernbert")
+                               "gemma3_text", "gemma3_vlm", "stablelm", "phi", "gpt2", "gpt_neo", "gpt_bigcode", "gpt_neox",
+                               "gptj", "opt", "bloom", "falcon", "bert", "roberta", "modernbert")
 TINY_ALIASES = {"gemma3": "gemma3_text", "pythia": "gpt_neox"}
 
 def tiny_model(arch: str = "llama", seed: int = 0, dtype=None):
