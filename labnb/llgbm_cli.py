@@ -131,5 +131,6 @@ def main(argv=None) -> int:
     try: return COMMANDS[a.cmd](a)
     except (ConfigError, DataError, FileNotFoundError, KeyError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"labnb llgbm {a.cmd}: error: {str(msg).splitlines()[0] if str(msg) else type(e).__name__}", file=sys.stderr)
+        text = " ".join(l.strip() for l in str(msg).splitlines() if l.strip()) or type(e).__name__   # one line, file name included
+        print(f"labnb llgbm {a.cmd}: error: {text}", file=sys.stderr)
         return 2

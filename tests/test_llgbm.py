@@ -160,6 +160,9 @@ def test_bad_config_values_one_line_exit_2_nothing_written(tmp_path, capsys, mon
         code, _, err = _run(capsys, "train", str(rd), "--config-file", SMOKE, "--config-file", str(tmp_path / name),
                             "--config-file", str(tmp_path / "ok.yaml"))
         assert code == 2, name; _one_line_error(err, key, name)
+    (tmp_path / "broken.yaml").write_text("train:\n  steps: [1,\n")
+    code, _, err = _run(capsys, "train", str(rd), "--config-file", str(tmp_path / "broken.yaml"))
+    assert code == 2; _one_line_error(err, "broken.yaml", "invalid YAML")
     code, _, err = _run(capsys, "train", str(rd), "--config", "delta_everything")
     assert code == 2; _one_line_error(err, "preset")
     assert not rd.exists() and not (tmp_path / ".cache").exists()
