@@ -114,6 +114,11 @@ def test_build_writes_nothing_under_results_and_is_incremental(site):
     nb = json.loads(run.read_text()); nb["cells"].append({"cell_type": "markdown", "id": "extra", "metadata": {}, "source": "More."})
     run.write_text(json.dumps(nb))
     assert stage(find_pages(h / "nbs"), src) == ["runs/smoke_run.md"]
+    lib = h / "nbs" / "11_rnd.ipynb"                                           # a new heading: its page and the pages linking it
+    nb = json.loads(lib.read_text()); nb["cells"].append({"cell_type": "markdown", "id": "extra", "metadata": {}, "source": "## A new section"})
+    lib.write_text(json.dumps(nb))
+    again = stage(find_pages(h / "nbs"), src)
+    assert "rnd.md" in again and len(again) < len(pages) // 2, again
     assert seconds < 150, seconds
 
 
