@@ -194,3 +194,12 @@ def test_jupyter_server_save_runs_the_clean_hook(tmp_path):
     other = tmp_path / "other"; other.mkdir()                                     # outside any labnb repository: untouched
     FileContentsManager(root_dir=str(other), pre_save_hook=hook).save({"type": "notebook", "format": "json", "content": json.loads(saved)}, "x.ipynb")
     assert "language_info" in json.loads((other / "x.ipynb").read_text())["metadata"]
+
+
+def test_without_mkdocs_the_command_says_what_to_install(monkeypatch, capsys):
+    import sys
+    monkeypatch.setitem(sys.modules, "mkdocs.commands.build", None)              # as if the docs extra were not installed
+    with scratch_home(templates_=()) as h:
+        assert main(["docs", "--out", str(h / "_docs")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "pip install -e '.[docs]'" in err and not (h / "_docs").exists(), err
