@@ -12,8 +12,9 @@ from labnb.data import DataError
 from labnb.models import tiny_model, model_spec
 from labnb.hooks import hook_module, head_weight
 from labnb.fv import (PromptFormat, sample_trials, encode, answer_token, score_prompts, score_injected, indirect_effects,
-                      patched_probs, read_relation_csv, PATCH_METHODS)
-from labnb.fv_qwise import (FVConfig, run_fv_qwise, q_dir, layer_dir, LAYER_FILES, SUMMARY_FILE, qid_complete, run_diffs,
+                      patched_probs, read_relation_csv, PATCH_METHODS, corrupted_prompt, all_heads)
+from labnb.fv_qwise import (FVConfig, run_fv_qwise, q_dir, artifacts_dir, layer_files, stage_files, status_table, SUMMARY_FILE,
+                            qid_complete, run_diffs,
                             result_diffs, run_summary, qid_statuses)
 
 torch.set_num_threads(1)          # results compared across processes: one thread in every process (see run_diffs)
@@ -36,10 +37,29 @@ def test_batched_equals_sequential_indirect_effects(arch):
     torch.manual_seed(0)
     mean = torch.randn(spec.n_layers, spec.n_heads, spec.d_head) * 2
     ref, _ = indirect_effects(model, spec, tok, trials, fmt, mean, "sequential", progress=False)
-    for method in ("batched", "prefix"):
+    for method in ("batched", "prefix", "suffix"):
         got, _ = indirect_effects(model, spec, tok, trials, fmt, mean, method, batch_size=3, progress=False)
         torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
     assert ref.abs().max() > 1e-5                       # patching does something: the check can fail
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_suffix_patching_equals_one_pass_per_head(arch):
+    "All heads (GQA llama; gemma3 with a sliding window shorter than the prompt), batches of several sizes, to 1e-6."
+    model, tok = tiny_model(arch, seed=3)
+    spec = model_spec(model)
+    torch.manual_seed(1)
+    mean = torch.randn(spec.n_layers, spec.n_heads, spec.d_head) * 3
+    trial = sample_trials(relation(False), n_trials=1, n_demos=4, seed=1)[0]
+    ids = encode(tok, corrupted_prompt(trial, PromptFormat()))
+    target = answer_token(tok, trial["query"]["output"], PromptFormat())
+    ref = patched_probs(model, spec, ids, target, mean, "sequential")
+    for bs in (1, 3, 64):
+        torch.testing.assert_close(patched_probs(model, spec, ids, target, mean, "suffix", batch_size=bs), ref, atol=1e-6, rtol=0)
+    sel = torch.tensor([5, 0, 2])                                       # any subset, any order
+    l, h = all_heads(spec)
+    torch.testing.assert_close(patched_probs(model, spec, ids, target, mean, "suffix", layers=l[sel], heads=h[sel]), ref[sel],
+                               atol=1e-6, rtol=0)
+    assert len(spec.blocks(model)) == spec.n_layers and (ref - ref.mean()).abs().max() > 1e-6
 
 def test_head_slices_are_gqa_correct():
     "Per-query-head contributions through o_proj slices add up to the o_proj output (4 query heads, 2 KV heads)."
@@ -164,8 +184,8 @@ def test_resume_after_kill_mid_step6(tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     p = _run(script, killed, "kill")
     assert p.returncode == -signal.SIGKILL, p.stderr
-    qd = q_dir(killed, "ant")
-    assert all((layer_dir(qd, 0) / f).exists() for f in LAYER_FILES) and not (layer_dir(qd, 1) / "results.json").exists()
+    qd, art = q_dir(killed, "ant"), artifacts_dir(killed, "ant")
+    assert all((art / f).exists() for f in layer_files("ant", 0)) and not (art / layer_files("ant", 1)[0]).exists()
     status = json.loads((killed / "qid_status.json").read_text())
     assert status["ant"]["status"] == "running"
     before = {p: p.stat().st_mtime_ns for p in qd.rglob("*")         # completed work; the status export changes
@@ -183,3 +203,72 @@ def test_same_results_tolerance():
     assert result_diffs({"clean_p": 0.003802472880731026}, {"clean_p": 0.0038024730359514556}) == []
     assert len(result_diffs({"clean_p": 0.0038}, {"clean_p": 0.00381})) == 1
     assert len(result_diffs({"acc": 1.0, "top1": [True], "best_layer": 3}, {"acc": 0.5, "top1": [False], "best_layer": 4})) == 3
+
+
+class _Killed(BaseException): "Stops a run the way a kill does: no handler of the pipeline catches it."
+
+def _completed_files(out: Path, q: str) -> dict:
+    "Time stamps of the files of every stage the status table records as completed."
+    if not (out / "status.sqlite").exists(): return {}                 # stopped before the first record
+    files = {**stage_files(q), **{f"step6/layer_{l}": layer_files(q, l) for l in range(8)}, "summary": (SUMMARY_FILE,)}
+    done = [r.unit.split("/", 1)[1] for r in status_table(out, table="stages").rows(status="completed")]
+    return {f: (artifacts_dir(out, q) / f).stat().st_mtime_ns for u in done for f in files[u]}
+
+@pytest.mark.parametrize("kill_at", [1, 3, 6, 9, 13, 16, 19, 22])
+def test_kill_at_any_write_then_resume(tmp_path, monkeypatch, kill_at):
+    "Stopped at the k-th file write of a q_id, then resumed: the same final files; no completed stage runs again."
+    import labnb.fv_qwise as fq
+    model, tok = tiny_model("llama")
+    ref, out = tmp_path / "ref", tmp_path / "out"
+    run_fv_qwise(model, tok, relation(False), ref, CFG, progress=False)
+    real, n = fq.save, [0]
+    def save(path, obj):
+        n[0] += 1
+        if n[0] == kill_at: raise _Killed(str(path))
+        return real(path, obj)
+    monkeypatch.setattr(fq, "save", save)
+    with pytest.raises(_Killed): run_fv_qwise(model, tok, relation(False), out, CFG, progress=False)
+    monkeypatch.setattr(fq, "save", real)
+    before = _completed_files(out, "ant")
+    assert run_fv_qwise(model, tok, relation(False), out, CFG, progress=False)["ant"]["status"] == "completed"
+    assert {f: (artifacts_dir(out, "ant") / f).stat().st_mtime_ns for f in before} == before
+    assert run_diffs(out, ref) == []
+
+
+def test_spec_contract(tmp_path, monkeypatch):
+    "The design document's constants, prompt, file names, and Step6 reading its frozen zero-shot prompts."
+    import labnb.fv_qwise as fq
+    from labnb.fv import zeroshot_prompt
+    assert (fq.N_DEMOS, fq.TOPK, fq.ALPHA, fq.N_TRIALS_PER_Q, fq.N_EVAL, fq.SEED, fq.SCORE_KEY) == (9, 20, 1.0, 25, 50, 0, "mean_delta_p")
+    assert fq.INPUT_CSV == "datasets/relation/relationA_ex.csv"
+    spec = FVConfig.preset("spec")
+    assert (spec.n_demos, spec.top_k, spec.alphas, spec.n_trials, spec.n_eval, spec.seed) == (9, 20, [1.0], 25, 50, 0)
+    assert zeroshot_prompt({"query": {"input": "France"}}, spec.prompt) == "Q: France\nA: "
+    words = [(f"w{i}", f"v{i}") for i in range(12)]
+    rel = pd.DataFrame([{"q_id": "a/b", "input": a, "output": b} for a, b in words])
+    reads, in_step6, real_read, real_step6 = [], [False], fq.read_json, fq.stage_step6
+    monkeypatch.setattr(fq, "read_json", lambda f: (reads.append(Path(f).name) if in_step6[0] else None) or real_read(f))
+    def step6(r):
+        in_step6[0] = True
+        try: return real_step6(r)
+        finally: in_step6[0] = False
+    monkeypatch.setattr(fq, "stage_step6", step6)
+    model, tok = tiny_model("llama")
+    cfg = FVConfig.preset("smoke", n_eval=5)
+    run_fv_qwise(model, tok, rel, tmp_path, cfg, progress=False)
+    qd, art, tag = q_dir(tmp_path, "a/b"), artifacts_dir(tmp_path, "a/b"), "a_b"
+    assert qd.name == "q_a_b" and (qd / "qid_status.json").is_file() and (qd / "logs" / "stepD_aie.log").is_file()
+    for f in ["sampled_trials.json", "sampled_trials_zeroshot.json", "cie_scores.csv", "aie_scores.csv", "trial_metrics.jsonl",
+              f"stepD_mean_acts/qid_{tag}_clean_mean.pt", "stepD_mean_acts/global_clean_mean.pt", "top_heads.json",
+              "fv_by_layer.pt", "fv_global_resid.pt", "fv_global_resid_meta.json", "stepE_eval.json", f"aie_heatmap_{tag}.png",
+              "step6_all_layers_summary.json"] + [f"step6/layer_{l}/{n}" for l in (0, 1) for n in
+              (f"step6_results_{tag}_layer{l}.json", "eval_summary.json", "eval_trials.jsonl", "eval_meta.json")]:
+        assert (art / f).is_file(), f
+    assert "mean_delta_p" in pd.read_csv(art / "aie_scores.csv").columns
+    zs, trials = json.loads((art / "sampled_trials_zeroshot.json").read_text()), json.loads((art / "sampled_trials.json").read_text())
+    rows = [p["row"] for p in zs["prompts"]]
+    assert len(rows) == 5 and zs["disjoint_from_trials"] and not set(rows) & {t["query"]["row"] for t in trials["trials"]}
+    assert all(p["prompt"].endswith("\nA: ") for p in zs["prompts"])
+    meta = json.loads((art / "step6/layer_1/eval_meta.json").read_text())
+    assert meta["n_prompts"] == 5 and meta["disjoint_from_trials"] and meta["prompts_from"] == "sampled_trials_zeroshot.json"
+    assert "sampled_trials_zeroshot.json" in reads                          # Step6 reads its prompts back from the file
