@@ -345,10 +345,12 @@ def test_real_fv_qwise_llama31_8b_config():
     sw = load_sweep(REAL / "fv_qwise_llama31_8b.yaml")
     assert len(sw.runs) == 1 and sw.runs[0].experiment == "fv_qwise"
     p = sw.runs[0].params
-    cfg = FVConfig(n_demos=p["n_demos"], n_trials=p["n_trials"], top_k=p["top_k"], seed=p["seed"],
+    cfg = FVConfig(n_demos=p["n_demos"], n_trials=p["n_trials"], top_k=p["top_k"], n_eval=p["n_eval"], seed=p["seed"],
                    alphas=[float(a) for a in p["alphas"].split(",")])
-    assert (p["model"], cfg.n_demos, cfg.top_k, cfg.alphas, cfg.n_trials, cfg.seed) == \
-           ("hub:meta-llama/Llama-3.1-8B", 9, 20, [1.0], 25, 0)
+    assert (p["model"], cfg.n_demos, cfg.top_k, cfg.alphas, cfg.n_trials, cfg.n_eval, cfg.seed) == \
+           ("hub:meta-llama/Llama-3.1-8B", 9, 20, [1.0], 25, 50, 0)
+    spec = FVConfig()                                                   # the library's defaults are the design's constants
+    assert (spec.n_demos, spec.top_k, spec.alphas, spec.n_trials, spec.n_eval, spec.seed) == (9, 20, [1.0], 25, 50, 0)
 
 
 def test_real_llgbm_qwen25_config_targets_exist():
