@@ -90,17 +90,22 @@ class KVRunner:
         return c + q + "\n" + a
 
 # %% ../nbs/35_kv_run.ipynb #9368390c
-def _one(self, spec: RunSpec, ex_id: str, owner: str|None = None):
-    "Run one request and persist it; with `owner`, the request was claimed by it (else it is marked running here)."
+def _answer(self, spec: RunSpec, ex_id: str):
+    "The engine's result for one request (each failed attempt logged as it happens; an engine exception is a failed result)."
     st, rid = self.store, spec.run_id
-    if owner is None: st.start_request(rid, ex_id)
-    try: res = self.engine.generate(self.request(self.examples()[ex_id], spec),
-                                    on_failure=lambda **kw: st.record_failure(rid, ex_id, **kw))
+    try: return self.engine.generate(self.request(self.examples()[ex_id], spec),
+                                     on_failure=lambda **kw: st.record_failure(rid, ex_id, **kw))
     except Exception as e:                          # an engine bug fails this request, not the run
         logger.exception("engine failed on %s / %s", rid, ex_id)
         res = GenResult(error_type="ENGINE_ERROR", error=f"{type(e).__name__}: {str(e)[:300]}")
         st.record_failure(rid, ex_id, "ENGINE_ERROR", res.error, final=True)
-    st.complete(rid, ex_id, res.response(), owner=owner)
+        return res
+
+def _one(self, spec: RunSpec, ex_id: str, owner: str|None = None):
+    "Run one request and persist it; with `owner`, the request was claimed by it (else it is marked running here)."
+    if owner is None: self.store.start_request(spec.run_id, ex_id)
+    res = _answer(self, spec, ex_id)
+    self.store.complete(spec.run_id, ex_id, res.response(), owner=owner)
     return res
 
 @contextlib.contextmanager
@@ -127,14 +132,18 @@ def execute(self: KVRunner, spec: RunSpec, progress: bool = True, limit: int|Non
     if n_max:
         self.store.set_run_status(spec.run_id, "running")
         bar, lock, taken = tqdm(total=n_max, desc=spec.run_id, disable=not progress), threading.Lock(), [0]
-        def worker():
-            while True:
-                with lock:
-                    if taken[0] >= n_max: return
-                    taken[0] += 1
-                got = self.store.claim(spec.run_id, 1, self.owner, retry_failed=retry, failed_before=t0)
-                if not got: return
-                _one(self, spec, got[0][0], self.owner); bar.update()
+        def take() -> int:
+            with lock:
+                if taken[0] >= n_max: return 0
+                taken[0] += 1; return 1
+        def worker():                               # claim, answer, then record and claim the next in one transaction
+            got = self.store.claim(spec.run_id, take(), self.owner, retry_failed=retry, failed_before=t0)
+            while got:
+                ex_id = got[0][0]
+                res = _answer(self, spec, ex_id)
+                _, got = self.store.complete_and_claim(spec.run_id, ex_id, res.response(), self.owner, take(),
+                                                       retry_failed=retry, failed_before=t0)
+                bar.update()
         workers = self.cfg.engine.max_concurrency if self.cfg.engine.name != "transformers" else 1
         with _heartbeat(self.store, self.owner):
             if workers == 1: worker()

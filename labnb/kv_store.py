@@ -305,27 +305,40 @@ def _stale(owner: str|None, lease_until: float|None, me: str, now: float) -> boo
     alive = owner_alive(owner)
     return not alive if alive is not None else (lease_until or 0) < now
 
+def _claim(c, run_id: str, n: int, me: str, lease_s: float = LEASE_S, retry_failed: bool = False,
+           failed_before: float|None = None) -> list[tuple[str, int]]:
+    now = time.time()
+    out = [tuple(r) for r in c.execute(          # the common case in one statement: pending requests in planning order
+        """UPDATE requests SET status='running', owner=?, lease_until=?, attempts=attempts+1, started=?, finished=NULL
+           WHERE rowid IN (SELECT rowid FROM requests WHERE run_id=? AND status='pending' ORDER BY rowid LIMIT ?)
+           RETURNING rowid, example_id, attempts""", (me, now + lease_s, now, run_id, n)).fetchall()]
+    out = [r[1:] for r in sorted(out)]
+    if len(out) < n:
+        got = [r[0] for r in c.execute("SELECT example_id, owner, lease_until FROM requests WHERE run_id=? AND status='running' ORDER BY rowid",
+                                       (run_id,)) if _stale(r[1], r[2], me, now)][:n - len(out)]
+        if len(out) + len(got) < n and retry_failed:
+            got += [r[0] for r in c.execute("SELECT example_id FROM requests WHERE run_id=? AND status='failed' AND finished < ? ORDER BY rowid LIMIT ?",
+                                            (run_id, failed_before or now, n - len(out) - len(got)))]
+        for ex_id in got:
+            a = c.execute("""UPDATE requests SET status='running', owner=?, lease_until=?, attempts=attempts+1, started=?, finished=NULL
+                             WHERE run_id=? AND example_id=? RETURNING attempts""", (me, now + lease_s, now, run_id, ex_id)).fetchone()[0]
+            out.append((ex_id, a))
+    return out
+
 @patch
 def claim(self: KVStore, run_id: str, n: int = 1, owner: str|None = None, lease_s: float = LEASE_S,
           retry_failed: bool = False, failed_before: float|None = None) -> list[tuple[str, int]]:
     """Take up to `n` requests of a run for `owner` (default: this process) in one transaction: pending ones in planning
     order, then ones left `running` by a dead owner, then (with `retry_failed`) failed ones finished before
     `failed_before`. Returns `[(example_id, attempt)]`; two processes never get the same request."""
-    me, now = owner or process_owner(), time.time()
-    with self.tx() as c:
-        got = [r[0] for r in c.execute("SELECT example_id FROM requests WHERE run_id=? AND status='pending' ORDER BY rowid LIMIT ?", (run_id, n))]
-        if len(got) < n:
-            got += [r[0] for r in c.execute("SELECT example_id, owner, lease_until FROM requests WHERE run_id=? AND status='running' ORDER BY rowid",
-                                            (run_id,)) if _stale(r[1], r[2], me, now)][:n - len(got)]
-        if len(got) < n and retry_failed:
-            got += [r[0] for r in c.execute("SELECT example_id FROM requests WHERE run_id=? AND status='failed' AND finished < ? ORDER BY rowid LIMIT ?",
-                                            (run_id, failed_before or now, n - len(got)))]
-        out = []
-        for ex_id in got:
-            a = c.execute("""UPDATE requests SET status='running', owner=?, lease_until=?, attempts=attempts+1, started=?, finished=NULL
-                             WHERE run_id=? AND example_id=? RETURNING attempts""", (me, now + lease_s, now, run_id, ex_id)).fetchone()[0]
-            out.append((ex_id, a))
-    return out
+    with self.tx() as c: return _claim(c, run_id, n, owner or process_owner(), lease_s, retry_failed, failed_before)
+
+@patch
+def complete_and_claim(self: KVStore, run_id: str, example_id: str, response: dict, owner: str|None = None, n: int = 1,
+                       **claim_kw) -> tuple[bool, list[tuple[str, int]]]:
+    "`complete` one request and `claim` the next `n` in the same transaction (one commit per request); returns both results."
+    me = owner or process_owner()
+    with self.tx() as c: return _complete(c, run_id, example_id, response, me), _claim(c, run_id, n, me, **claim_kw)
 
 @patch
 def heartbeat(self: KVStore, owner: str|None = None, lease_s: float = LEASE_S) -> int:
@@ -357,23 +370,28 @@ def _check_response(response: dict) -> tuple[list, str|None]:
     vals = [response.get(k) for k in RESPONSE_FIELDS]; vals[0] = vals[0] or ""
     return vals, et
 
+_INSERT_RESPONSE = (f"INSERT OR REPLACE INTO responses (run_id, example_id, {', '.join(RESPONSE_FIELDS)}, created, total_tokens) "
+                    f"VALUES ({','.join('?' * (len(RESPONSE_FIELDS) + 4))})")
+
+def _complete(c, run_id: str, example_id: str, response: dict, owner: str|None) -> bool:
+    vals, et = _check_response(response)
+    now = time.time()
+    cond, args = ("AND owner=? AND status='running'", (owner,)) if owner else ("", ())
+    got = c.execute(f"UPDATE requests SET status=?, finished=?, owner=NULL, lease_until=NULL WHERE run_id=? AND example_id=? {cond}",
+                    ("failed" if et else "completed", now, run_id, example_id, *args)).rowcount
+    if not got:
+        if owner: logger.warning("%s / %s: the lease was lost; response dropped", run_id, example_id); return False
+        raise KeyError(f"no request ({run_id}, {example_id}); add it with add_requests first")
+    pt, ct = response.get("prompt_tokens"), response.get("completion_tokens")
+    c.execute(_INSERT_RESPONSE, (run_id, example_id, *vals, now, pt + ct if pt is not None and ct is not None else None))
+    c.execute("DELETE FROM scores WHERE run_id=? AND example_id=?", (run_id, example_id))   # a new response needs a new score
+    return True
+
 @patch
 def complete(self: KVStore, run_id: str, example_id: str, response: dict, owner: str|None = None) -> bool:
     """Store the final response of a request and close it (`failed` if `error_type` is set), in one transaction.
     With `owner`, only while `owner` still holds the request: False (nothing written) when it does not."""
-    vals, et = _check_response(response)
-    now = time.time()
-    with self.tx() as c:
-        cond, args = ("AND owner=? AND status='running'", (owner,)) if owner else ("", ())
-        if not c.execute(f"UPDATE requests SET status=?, finished=?, owner=NULL, lease_until=NULL WHERE run_id=? AND example_id=? {cond}",
-                         ("failed" if et else "completed", now, run_id, example_id, *args)).rowcount:
-            if owner: logger.warning("%s / %s: the lease was lost; response dropped", run_id, example_id); return False
-            raise KeyError(f"no request ({run_id}, {example_id}); add it with add_requests first")
-        pt, ct = response.get("prompt_tokens"), response.get("completion_tokens")
-        c.execute(f"INSERT OR REPLACE INTO responses (run_id, example_id, {', '.join(RESPONSE_FIELDS)}, created, total_tokens) VALUES ({','.join('?' * (len(RESPONSE_FIELDS) + 4))})",
-                  (run_id, example_id, *vals, now, pt + ct if pt is not None and ct is not None else None))
-        c.execute("DELETE FROM scores WHERE run_id=? AND example_id=?", (run_id, example_id))   # a new response needs a new score
-    return True
+    with self.tx() as c: return _complete(c, run_id, example_id, response, owner)
 
 @patch
 def record_response(self: KVStore, run_id: str, example_id: str, response: dict):
