@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['SECTIONS', 'WIDGET_VIEW', 'WIDGET_STATE', 'MATHJAX_CONFIG', 'EXTRA_CSS', 'Page', 'page_href', 'find_pages',
-           'front_matter', 'module_name', 'api_names', 'docments_section', 'widget_text', 'repo_settings',
-           'clean_notebook', 'clean_notebooks', 'jupyter_pre_save', 'install_jupyter_hook', 'slugify', 'Ctx',
-           'build_ctx', 'rewrite_markdown', 'render_output', 'page_markdown', 'page_inputs', 'stage', 'mkdocs_config',
-           'DocsError', 'docs_error', 'build_site', 'check_site', 'build_docs', 'write_readme']
+           'front_matter', 'module_name', 'api_entries', 'api_names', 'docments_section', 'widget_text',
+           'repo_settings', 'clean_notebook', 'clean_notebooks', 'jupyter_pre_save', 'install_jupyter_hook', 'slugify',
+           'Ctx', 'build_ctx', 'rewrite_markdown', 'render_output', 'page_markdown', 'page_inputs', 'stage',
+           'mkdocs_config', 'DocsError', 'docs_error', 'build_site', 'check_site', 'build_docs', 'write_readme']
 
-# %% ../nbs/94_docs.ipynb #099f9e08
+# %% ../nbs/94_docs.ipynb #c809eca3
 import ast, hashlib, html, json, logging, os, re, shutil, subprocess, sys, tempfile, time
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -21,7 +21,7 @@ import nbformat
 from .core import ConfigError, logger, paths
 from .store import atomic_write
 
-# %% ../nbs/94_docs.ipynb #41a2df60
+# %% ../nbs/94_docs.ipynb #8bd3e3de
 SECTIONS = {"library": "*.ipynb", "experiments": "experiments/*.ipynb", "runs": "runs/*.ipynb"}
 
 @dataclass
@@ -50,7 +50,7 @@ def find_pages(nbs: Path|None = None) -> list[Page]:
         out += [Page(p, page_href(p, nbs), sec) for p in sorted(nbs.glob(pat)) if p.name != "index.ipynb" and not p.name.startswith("_")]
     return out
 
-# %% ../nbs/94_docs.ipynb #e2619292
+# %% ../nbs/94_docs.ipynb #ed41fb7e
 _DIRECTIVE = re.compile(r"^\s*#\|\s*([\w-]+)\s*:?\s*(.*)$")
 
 def _src(c: dict) -> str: return "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
@@ -79,7 +79,7 @@ def front_matter(nb: dict) -> dict:
             break
     return fm
 
-# %% ../nbs/94_docs.ipynb #47cb1d91
+# %% ../nbs/94_docs.ipynb #9b4fffc9
 def module_name(nb: dict) -> str|None:
     "The dotted module a notebook exports to (`#| default_exp kv.store` -> `labnb.kv.store`)."
     from nbdev.config import get_config
@@ -89,14 +89,24 @@ def module_name(nb: dict) -> str|None:
         if c["cell_type"] == "code" and (d := _directives(_src(c))[0].get("default_exp")): return f"{lib}.{d.split()[0]}"
     return None
 
-def api_names(src: str) -> list[str]:
-    "Public functions and classes defined at the top of a cell's source, in order."
+def api_entries(src: str) -> list[tuple[str, str]]:
+    "(name, heading) of the public functions and classes defined at the top of a cell; a `@patch` method is headed `Cls.name`."
     try: tree = ast.parse(re.sub(r"^\s*[%!].*$", "", src, flags=re.M))
     except SyntaxError: return []
-    defs = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
-    return [n.name for n in tree.body if isinstance(n, defs) and not n.name.startswith("_")]
+    out = []
+    for n in tree.body:
+        if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or n.name.startswith("_"): continue
+        patched = any((d.func if isinstance(d, ast.Call) else d).__dict__.get("id", getattr(d, "attr", "")) == "patch"
+                      for d in n.decorator_list)
+        ann = n.args.args[0].annotation if patched and not isinstance(n, ast.ClassDef) and n.args.args else None
+        out.append((n.name, f"{ast.unparse(ann)}.{n.name}" if ann is not None else n.name))
+    return out
 
-# %% ../nbs/94_docs.ipynb #e67f7a1d
+def api_names(src: str) -> list[str]:
+    "Public functions and classes defined at the top of a cell's source, in order."
+    return [n for n, _ in api_entries(src)]
+
+# %% ../nbs/94_docs.ipynb #75a49003
 def _comments(lines: list[str], start: int) -> dict[int, str]:
     "Line number (1-based, counted from `start`) -> text of the comment ending that line."
     import io, tokenize
@@ -122,7 +132,7 @@ def docments_section(node: ast.AST, lines: list[str], start: int) -> str:
     if node.returns is not None and ret: out += f"\nReturns\n-------\n{ast.unparse(node.returns)}\n    {ret.removeprefix('->').strip()}\n"
     return out
 
-# %% ../nbs/94_docs.ipynb #eae4a573
+# %% ../nbs/94_docs.ipynb #a9de2897
 try: import griffe as _griffe
 except ImportError: _griffe = None
 
@@ -141,7 +151,7 @@ if _griffe is not None:
             else: func.docstring = _griffe.Docstring(value, parent=func, parser=getattr(agent, "docstring_parser", None),
                                                      parser_options=getattr(agent, "docstring_options", None))
 
-# %% ../nbs/94_docs.ipynb #d3064147
+# %% ../nbs/94_docs.ipynb #bb8d5312
 WIDGET_VIEW, WIDGET_STATE = "application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json"
 
 def widget_text(data: dict, state: dict) -> str:
@@ -160,7 +170,7 @@ def widget_text(data: dict, state: dict) -> str:
         else: parts.append(html.unescape(str(s.get("value", ""))).replace("\u2007", " "))
     return "".join(parts).strip()
 
-# %% ../nbs/94_docs.ipynb #34b0e40b
+# %% ../nbs/94_docs.ipynb #173f1a14
 def repo_settings(path) -> tuple[Path, dict]|None:
     "The folder holding the `settings.ini` at or above `path`, and its settings (None outside an nbdev repository)."
     from configparser import ConfigParser
@@ -202,7 +212,7 @@ def clean_notebooks(where=None) -> list[Path]:
         if p.read_text(encoding="utf-8") != before: changed.append(p)
     return changed
 
-# %% ../nbs/94_docs.ipynb #6a55bd5a
+# %% ../nbs/94_docs.ipynb #e1137c96
 def jupyter_pre_save(model: dict, path: str, contents_manager=None, **kw):
     "Jupyter server pre-save hook: clean a notebook saved inside a labnb repository before it is written."
     if model.get("type") != "notebook" or model.get("content", {}).get("nbformat") != 4: return
@@ -219,7 +229,7 @@ def install_jupyter_hook(prefix=None) -> Path:
     atomic_write(dest, json.dumps({"ContentsManager": {"pre_save_hook": "labnb.docs.jupyter_pre_save"}}, indent=2) + "\n")
     return dest
 
-# %% ../nbs/94_docs.ipynb #7a4f0042
+# %% ../nbs/94_docs.ipynb #2dcc1f9a
 def slugify(text: str) -> str:
     "The anchor Python-Markdown's `toc` gives a heading."
     from markdown.extensions.toc import slugify as _slug
@@ -249,7 +259,7 @@ def build_ctx(pages: list[Page]) -> Ctx:
         anchors[p.href] = a
     return Ctx(pages, api, anchors)
 
-# %% ../nbs/94_docs.ipynb #e7017eef
+# %% ../nbs/94_docs.ipynb #52d0de7b
 _FENCE = re.compile(r"(^```.*?^```[ \t]*$|^~~~.*?^~~~[ \t]*$)", re.M | re.S)
 
 def _rel(target: str, page: Page) -> str: return os.path.relpath(target, Path(page.href).parent).replace(os.sep, "/")
@@ -295,7 +305,7 @@ def rewrite_markdown(text: str, page: Page, ctx: Ctx, prefix: str = "", mod: str
         out.append(part)
     return "".join(out)
 
-# %% ../nbs/94_docs.ipynb #adead513
+# %% ../nbs/94_docs.ipynb #2c5c3bb0
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 def _text(s) -> str:
@@ -330,7 +340,7 @@ def render_output(o: dict, stem: str, assets: dict, state: dict) -> str:
     if "text/plain" in data: return _block(_text(data["text/plain"]))
     return ""
 
-# %% ../nbs/94_docs.ipynb #b0dd62bb
+# %% ../nbs/94_docs.ipynb #7ad12df5
 def page_markdown(page: Page, ctx: Ctx, prefix: str = "") -> tuple[str, dict]:
     "The Markdown of `page` (from its notebook's committed cells and outputs) and its images {file name: bytes}."
     nb = json.loads(page.src.read_text(encoding="utf-8"))
@@ -351,7 +361,9 @@ def page_markdown(page: Page, ctx: Ctx, prefix: str = "") -> tuple[str, dict]:
             continue
         if "export" in d or "exports" in d or "exporti" in d:
             if "exports" in d: out.append(_block(body, "python"))
-            if mod and "exporti" not in d: out += [f"::: {mod}.{n}\n" for n in api_names(body)]
+            if mod and "exporti" not in d:
+                out += [f"::: {mod}.{n}\n" + (f"    options:\n      heading: {json.dumps(h)}\n      toc_label: {json.dumps(h)}\n" if h != n else "")
+                        for n, h in api_entries(body)]
             continue
         if body.strip() and d.get("echo") != "false": out.append(_block(body, "python"))
         if d.get("output") != "false":
@@ -360,7 +372,7 @@ def page_markdown(page: Page, ctx: Ctx, prefix: str = "") -> tuple[str, dict]:
     head = f"---\ntitle: {json.dumps(page.title)}\n---\n\n# {page.title}\n\n" + (f"> {desc}\n\n" if desc else "")
     return head + "\n".join(x for x in out if x), assets
 
-# %% ../nbs/94_docs.ipynb #f627bcb3
+# %% ../nbs/94_docs.ipynb #751fdf13
 def _site_prefix() -> str:
     from nbdev.config import get_config
     try: cfg = get_config(path=paths().home)
@@ -383,7 +395,7 @@ def _contents(pages: list[Page]) -> str:
         if items: out.append(f"\n### {title}\n\n" + "".join(f"- [{p.title}]({p.md}): {p.description}\n" for p in items))
     return "".join(out)
 
-# %% ../nbs/94_docs.ipynb #998ea5b7
+# %% ../nbs/94_docs.ipynb #f2168632
 def _key(*parts) -> str: return hashlib.sha256("\0".join(map(str, parts)).encode()).hexdigest()[:16]
 
 def page_inputs(page: Page, ctx: Ctx) -> tuple[str, list, list]:
@@ -423,7 +435,7 @@ def stage(pages: list[Page], src: Path) -> list[str]:
     atomic_write(index_file, json.dumps(new))
     return written
 
-# %% ../nbs/94_docs.ipynb #394092f1
+# %% ../nbs/94_docs.ipynb #05f78b18
 MATHJAX_CONFIG = """window.MathJax = {
   tex: {inlineMath: [["\\\\(", "\\\\)"]], displayMath: [["\\\\[", "\\\\]"]], processEscapes: true, processEnvironments: true},
   options: {ignoreHtmlClass: ".*|", processHtmlClass: "arithmatex"}
@@ -471,7 +483,7 @@ def mkdocs_config(pages: list[Page], src: Path, site: Path) -> Path:
     atomic_write(dest, yaml.safe_dump(cfg, sort_keys=False, allow_unicode=True))
     return dest
 
-# %% ../nbs/94_docs.ipynb #2674abae
+# %% ../nbs/94_docs.ipynb #3b1e2653
 class DocsError(ConfigError):
     "The site cannot be built: a broken link, anchor or image, or an API entry griffe cannot find; named by notebook."
 
@@ -488,7 +500,7 @@ def docs_error(problems: list[str], pages: list[Page]) -> DocsError:
     more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
     return DocsError(first, f"{len(problems)} problem(s) in the docs: " + "; ".join(problems[:10]) + more)
 
-# %% ../nbs/94_docs.ipynb #a76534eb
+# %% ../nbs/94_docs.ipynb #c80bef47
 class _Collect(logging.Handler):
     "Keeps mkdocs' log records of level WARNING and above."
     def __init__(self): super().__init__(logging.WARNING); self.records = []
@@ -525,7 +537,7 @@ def build_site(out="_docs", pages: list[Page]|None = None) -> Path:
     logger.info("docs: %d pages (%d re-processed) in %.1f s -> %s", len(pages), len(written), time.time() - t0, out)
     return out
 
-# %% ../nbs/94_docs.ipynb #49f1d892
+# %% ../nbs/94_docs.ipynb #787359cb
 class _Refs(HTMLParser):
     "The ids, links and image sources of one HTML page."
     def __init__(self):
@@ -562,7 +574,7 @@ def check_site(out) -> dict:
                 broken.append((p, url, "missing anchor"))
     return {"pages": pages, "broken": broken, "images": images}
 
-# %% ../nbs/94_docs.ipynb #bac551f0
+# %% ../nbs/94_docs.ipynb #1be330e0
 def build_docs(out="_docs", execute: bool = False, engine: str|None = None) -> Path:
     "Build the docs: `nbdev_docs` where Quarto is installed (or `engine='quarto'`), else the mkdocs site (`build_site`)."
     engine = engine or ("quarto" if shutil.which("quarto") else "mkdocs")
@@ -575,7 +587,7 @@ def build_docs(out="_docs", execute: bool = False, engine: str|None = None) -> P
     if report["broken"]: raise docs_error([f"{p}: {u} ({w})" for p, u, w in report["broken"]], find_pages())
     return site
 
-# %% ../nbs/94_docs.ipynb #c61f52a8
+# %% ../nbs/94_docs.ipynb #3ec03bb6
 def write_readme(dest=None, execute: bool = False, images_dir: str = "results/docs/readme") -> Path:
     "Render `nbs/index.ipynb` (its committed outputs) to `README.md` as Markdown."
     home, nbs = paths().home, paths().nbs
