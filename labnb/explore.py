@@ -104,10 +104,11 @@ def _render_table(self: Explorer, sel: pd.DataFrame) -> str:
     sel = sel.sort_values(m, ascending=low)
     root = paths().results / self.experiment
     head = "".join(f"<th>{html.escape(_label(c))}</th>" for c in [*self.filters, m])
-    rows = []
+    rows, servers = [], _servers()
     for _, r in sel.iterrows():
         cells = "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in self.filters) + f"<td>{r[m]:.5g}</td>"
-        rows.append(f'<tr><td><a href="{html.escape(lab_url(root / r["notebook"]))}" target="_blank">{html.escape(r["run_id"])}</a></td>{cells}</tr>')
+        href = html.escape(lab_url(root / r["notebook"], servers))
+        rows.append(f'<tr><td><a href="{href}" target="_blank">{html.escape(r["run_id"])}</a></td>{cells}</tr>')
     return f"<table class='labnb-runs'><tr><th>run</th>{head}</tr>{''.join(rows)}</table>"
 
 @patch
