@@ -381,3 +381,19 @@ def test_real_kv_vllm_config(monkeypatch):
     assert cfg.engine.name.startswith("openai") and cfg.engine.kv_field is False and cfg.run.budgets == [1.0]
     assert cfg.engine.base_url == "http://127.0.0.1:8000/v1"
     with pytest.raises(Exception, match="kv_field"): load_kv_config(REAL / "kv_vllm.yaml", ["run.budgets=[1.0,0.5]"])
+
+
+def test_bf16_teacher_training_matches_fp32(monkeypatch):
+    "LLGBM's teachers (peft LoRA, AdamW) train in bf16: the first-step loss equals fp32's within BF16, losses stay finite."
+    import labnb.lora as L
+    from labnb.lora import LoraSpec, TeacherConfig, train_teacher
+    monkeypatch.setattr(L, "task_pairs", lambda name: [(f"w{i}", f"v{i}") for i in range(40)])
+    losses = {}
+    for dt in ("fp32", "bf16"):
+        m, tok = tiny_model("qwen2", seed=0, dtype=dt)
+        lora, man = train_teacher(m, tok, "fv/x", LoraSpec(rank=2, alpha=4, layers=[0, 1]), TeacherConfig(steps=4, n_train=24, n_eval=8),
+                                  progress=False)
+        assert next(m.parameters()).dtype == (torch.bfloat16 if dt == "bf16" else torch.float32)   # peft keeps adapters fp32
+        losses[dt] = torch.tensor(man["losses"])
+    assert torch.isfinite(losses["bf16"]).all()
+    torch.testing.assert_close(losses["bf16"][0], losses["fp32"][0], **BF16)
