@@ -381,7 +381,10 @@ def shared_prefix_attention(module, query, key: PrefixKV, value: PrefixKV, atten
     out = (w_pre @ value.prefix[0]).reshape(kv, B, g, d).transpose(0, 1) + w[..., -1:] * value.new
     return out.reshape(B, 1, H, d), None
 
-SHARED_PREFIX_ARCHS = {"llama", "gemma3_text"}   # attention through transformers' AttentionInterface, cache update then attend
+# architectures whose attention updates the cache and then calls transformers' AttentionInterface (checked against one
+# pass per head on every tiny decoder of labnb.models); the others (gpt_neo, gptj, bloom, falcon) copy the prefix per row
+SHARED_PREFIX_ARCHS = {"llama", "qwen2", "qwen3", "mistral", "mixtral", "phi3", "olmo2", "gemma", "gemma2", "gemma3_text",
+                       "stablelm", "phi", "gpt2", "gpt_bigcode", "gpt_neox", "opt"}
 
 @contextlib.contextmanager
 def attend_shared_prefix(model):
