@@ -364,6 +364,11 @@ class NoveltyExperiment(Config):
             if getattr(self, k) < 2: raise ConfigError(k, f"must be >= 2, got {getattr(self, k)}")
         if not self.seeds: raise ConfigError("seeds", "need at least one seed")
         if self.train_dataset == self.unseen_dataset: raise ConfigError("unseen_dataset", "must differ from train_dataset")
+        from labnb.data import DataError, get_spec
+        for k in ("train_dataset", "unseen_dataset"):
+            try: kind = get_spec(getattr(self, k)).kind.__name__
+            except DataError as e: raise ConfigError(k, str(e)) from None
+            if kind not in PAIR_FIELDS: raise ConfigError(k, f"{getattr(self, k)!r} holds {kind} records, not pairs (pair kinds: {', '.join(PAIR_FIELDS)})")
     def groups(self) -> dict[str, GroupSpec]:
         return {"train": GroupSpec(self.train_dataset, self.train_split, self.n_train),
                 "seen": GroupSpec(self.train_dataset, self.heldout_split, self.n_heldout),

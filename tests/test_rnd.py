@@ -220,3 +220,10 @@ def test_pair_texts_names_bad_datasets():
     from labnb.rnd import pair_texts
     with pytest.raises(DataError, match="holds LabelledText records, not pairs"):
         pair_texts("sst2", "dev", 3)
+
+
+def test_experiment_refuses_non_pair_datasets_by_key():
+    with pytest.raises(ValueError, match="unseen_dataset: 'sst2' holds LabelledText records"):
+        NoveltyExperiment(unseen_dataset="sst2")
+    with pytest.raises(ValueError, match="train_dataset: unknown dataset 'gsm9k'"):
+        NoveltyExperiment.from_dict({"train_dataset": "gsm9k"})
