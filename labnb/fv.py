@@ -56,6 +56,8 @@ def read_relation_csv(path) -> pd.DataFrame:
             header = next(reader, None)
             if not header or not any(h.strip() for h in header): raise DataError("empty file: no header line", path, 1)
             header = [h.strip() for h in header]
+            dup = sorted({h for h in header if header.count(h) > 1})
+            if dup: raise DataError(f"column(s) {dup} appear more than once in the header", path, 1, dup[0])
             for rec in reader:
                 if not any(x.strip() for x in rec): continue                      # blank line
                 if len(rec) != len(header):

@@ -126,6 +126,7 @@ BAD_RELATIONS = {                     # file text, the line and the field the on
     "ragged": ("q_id,input,output\nant,hot,cold\nant,up,down,x\n", "line 3", None),
     "missing_column": ("q_id,input,answer\nant,hot,cold\n", "line 1", "output"),
     "empty_cell": ("q_id,input,output\nant,hot,cold\n\nant,up, \n", "line 4", "output"),
+    "duplicate_column": ("q_id,input,output,output\nant,hot,cold,x\n", "line 1", "output"),
 }
 
 @pytest.mark.parametrize("name", BAD_RELATIONS)
@@ -272,3 +273,6 @@ def test_spec_contract(tmp_path, monkeypatch):
     meta = json.loads((art / "step6/layer_1/eval_meta.json").read_text())
     assert meta["n_prompts"] == 5 and meta["disjoint_from_trials"] and meta["prompts_from"] == "sampled_trials_zeroshot.json"
     assert "sampled_trials_zeroshot.json" in reads                          # Step6 reads its prompts back from the file
+    class NoSpec(torch.nn.Module):                                      # an architecture without a ModelSpec
+        def __init__(self): super().__init__(); self.blocks = torch.nn.ModuleList([torch.nn.Linear(2, 2) for _ in range(3)])
+    assert fq.expected_layers(NoSpec()) == [0, 1, 2] and fq.expected_layers(model) == [0, 1]
