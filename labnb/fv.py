@@ -91,8 +91,9 @@ def build_relation_csv(sources: dict[str, str]|list[str], name: str = "relationA
     if isinstance(sources, (list, tuple)): sources = {s.partition("/")[2]: s for s in sources}
     frames = []
     for q_id, src in sources.items():
-        df = pd.DataFrame(relation_rows(src)).astype(str)
+        df = pd.DataFrame(relation_rows(src), columns=["input", "output"]).astype(str)
         df = df[(df.input.str.strip() != "") & (df.output.str.strip() != "")].drop_duplicates("input")
+        if df.empty: raise DataError(f"no rows with a non-empty input and output for q_id {q_id!r}", src)
         if max_rows and len(df) > max_rows: df = df.sample(max_rows, random_state=seed).sort_index()
         frames.append(df.assign(q_id=q_id, source=src)[["q_id", "input", "output", "source"]])
     out = Path(out_dir) if out_dir else paths().home / "datasets" / "relation"

@@ -147,6 +147,14 @@ def test_bad_relation_dataframe(tmp_path):
     with pytest.raises(ConfigError, match="q_ids"): run_fv_qwise(model, tok, relation(), tmp_path / "o", CFG, q_ids=["x"])
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
 
+def test_empty_relation_source(tmp_path, monkeypatch):
+    "A source without rows makes no relation file: one DataError naming the source (once an AttributeError)."
+    import labnb.fv as fv
+    monkeypatch.setitem(fv.RELATION_SOURCES, "empty", lambda name: [])
+    with pytest.raises(DataError, match="empty/none: no rows .* q_id 'x'"):
+        fv.build_relation_csv({"x": "empty/none"}, out_dir=tmp_path)
+    assert not list(tmp_path.iterdir())
+
 def test_template_reports_bad_relation_file(tmp_path, capsys):
     "`labnb run fv_qwise -p relation_file F` with a header-only file fails, its first error line naming file and line."
     from labnb.cli import main
