@@ -254,7 +254,7 @@ def _tiny_configs(vocab: int) -> dict[str, Callable]:
             mm_tokens_per_image=4, boi_token_index=vocab - 3, eoi_token_index=vocab - 2, image_token_index=vocab - 1),
         "stablelm": lambda: T.StableLmConfig(**s64, **gqa),
         "gpt2": lambda: T.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=512, bos_token_id=1, eos_token_id=2),
-        "gpt_neox": lambda: T.GPTNeoXConfig(**small, rotary_pct=0.5, **ids),
+        "gpt_neox": lambda: T.GPTNeoXConfig(**small, rotary_pct=0.25, **ids),    # Pythia's (transformers 5.2 reloads no other)
         "gpt_neo": lambda: T.GPTNeoConfig(vocab_size=vocab, hidden_size=64, num_layers=2, num_heads=4, window_size=16,
                                           attention_types=[[["global", "local"], 1]], max_position_embeddings=512, **ids),
         "gpt_bigcode": lambda: T.GPTBigCodeConfig(vocab_size=vocab, n_embd=64, n_layer=2, n_head=4, n_positions=512,

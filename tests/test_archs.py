@@ -397,3 +397,15 @@ def test_bf16_teacher_training_matches_fp32(monkeypatch):
         losses[dt] = torch.tensor(man["losses"])
     assert torch.isfinite(losses["bf16"]).all()
     torch.testing.assert_close(losses["bf16"][0], losses["fp32"][0], **BF16)
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_saved_folder_loads_with_the_same_spec_and_outputs(arch, tmp_path):
+    "`load_model(folder)` picks the right class (causal LM, multimodal wrapper or encoder) and reproduces the model."
+    from labnb.models import load_model, model_meta
+    m, tok, s, x = built(arch)
+    m.save_pretrained(tmp_path); tok.save_pretrained(tmp_path)
+    m2, tok2 = load_model(str(tmp_path), device="cpu", dtype="fp32")
+    assert type(m2) is type(m) and model_spec(m2) == s
+    assert model_meta(m2)["kind"] == ("causal" if s.paths.causal else "encoder")
+    torch.testing.assert_close(run(m2, x), run(m, x), rtol=1e-5, atol=1e-6)
