@@ -415,19 +415,19 @@ def plot_failures(res: pd.DataFrame, title: str = ""):
     fig.tight_layout(); return fig
 
 def plot_latency_memory(res: pd.DataFrame, metric: str = "f1", title: str = ""):
-    "Three panels against the budget: p50 latency (p90 dashed), measured KV MiB, and `metric` vs KV MiB (the trade-off)."
+    "Three panels against the budget: p50 latency (p95 dashed), measured KV MiB, and `metric` vs KV MiB (the trade-off)."
     import matplotlib.pyplot as plt
     d = with_baseline(res)
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     for (task, press), g in d.groupby(["task", "press"]):
-        lat = g.groupby("budget").latency_s.agg(p50="median", p90=lambda s: s.quantile(0.9)).sort_index()
+        lat = g.groupby("budget").latency_s.agg(p50="median", p95=lambda s: s.quantile(0.95)).sort_index()
         l, = axes[0].plot(lat.index, lat.p50, "o-", label=f"{task} · {press}")
-        axes[0].plot(lat.index, lat.p90, "--", color=l.get_color(), alpha=0.6)
+        axes[0].plot(lat.index, lat.p95, "--", color=l.get_color(), alpha=0.6)
         mem = g.groupby("budget").agg(kv=("kv_cache_bytes", "mean"), acc=(metric, "mean")).sort_index()
         axes[1].plot(mem.index, mem.kv / 2**20, "o-", color=l.get_color())
         axes[2].plot(mem.kv / 2**20, mem.acc, "o-", color=l.get_color())
         for b, r in mem.iterrows(): axes[2].annotate(f"{b:g}", (r.kv / 2**20, r.acc), fontsize=7)
-    axes[0].set(xlabel="budget", ylabel="latency (s): p50, p90 dashed", xscale="log")
+    axes[0].set(xlabel="budget", ylabel="latency (s): p50, p95 dashed", xscale="log")
     axes[1].set(xlabel="budget", ylabel="KV cache (MiB, mean)", xscale="log")
     axes[2].set(xlabel="KV cache (MiB, mean)", ylabel=metric)
     axes[0].legend(fontsize=7)

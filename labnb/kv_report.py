@@ -192,12 +192,12 @@ def _memory_part(a: dict, cfg) -> tuple[str, list[str]]:
         m = a["metrics"][task]
         r_tp = res[(res.task == task) & (res.press == press) & (res.budget_kind == kind)]
         acc = r_tp.groupby("budget")[m].mean()
-        p90 = r_tp.groupby("budget").latency_s.quantile(0.9)
+        p95 = r_tp.groupby("budget").latency_s.quantile(0.95)
         g = g.sort_values("budget", ascending=False)
         for r in g.itertuples():
             rows.append({"task": task, "press": press, "budget": fb(r.budget), "KV MiB": fmt(r.kv_mib, 3),
                          "KV fraction": fmt(r.kv_fraction), "latency p50 (s)": fmt(r.latency_p50, 3),
-                         "latency p90 (s)": fmt(p90.get(r.budget), 3), m: fmt(acc.get(r.budget))})
+                         "latency p95 (s)": fmt(p95.get(r.budget), 3), m: fmt(acc.get(r.budget))})
         full = g.iloc[0]
         ok = [b for b in g.budget if not is_drop(acc[full.budget], acc.get(b, -1), cfg.threshold)]
         safe = g[g.budget == min(ok)].iloc[0] if min(ok) < full.budget else g.iloc[1] if len(g) > 1 else full
