@@ -433,6 +433,7 @@ def load_model(source: str|Path, revision: str|None = None, gguf_file: str|None 
     om = OFFLINE_MODELS.get(str(source))
     tok = spm_bpe_tokenizer(folder, name=str(source)) if om and om.bpe_from_unigram else AutoTokenizer.from_pretrained(folder, **extra)
     level = hf_logging.get_verbosity(); hf_logging.set_verbosity_error()   # no load reports for known-unused keys
+    if torch.device(device).type == "cuda": kw.setdefault("device_map", device)   # weights go straight to the GPU
     try: model = _auto_cls(kind).from_pretrained(folder, dtype=dtype, **extra, **kw).to(device).eval()
     finally: hf_logging.set_verbosity(level)
     if tok.pad_token is None and tok.eos_token is not None: tok.pad_token = tok.eos_token

@@ -409,3 +409,24 @@ def test_saved_folder_loads_with_the_same_spec_and_outputs(arch, tmp_path):
     assert type(m2) is type(m) and model_spec(m2) == s
     assert model_meta(m2)["kind"] == ("causal" if s.paths.causal else "encoder")
     torch.testing.assert_close(run(m2, x), run(m, x), rtol=1e-5, atol=1e-6)
+
+
+def test_gpu_load_puts_weights_straight_on_the_device(tmp_path, monkeypatch):
+    "On CUDA, `load_model` asks transformers for `device_map=<device>` (no host copy of an 8B model first), in the dtype asked."
+    import labnb.models as M
+    m, tok, s, x = built("qwen2")
+    m.save_pretrained(tmp_path); tok.save_pretrained(tmp_path)
+    seen = {}
+    class Loaded:                                                        # stands in for a model on a GPU this machine lacks
+        config = m.config
+        def to(self, device): seen["to"] = device; return self
+        def eval(self): return self
+    class Auto:
+        @staticmethod
+        def from_pretrained(folder, **kw): seen.update(kw); return Loaded()
+    monkeypatch.setattr(M, "_auto_cls", lambda kind: Auto)
+    M.load_model(str(tmp_path), device="cuda:0", dtype="fp16")
+    assert (seen["device_map"], seen["dtype"], seen["to"]) == ("cuda:0", torch.float16, "cuda:0")
+    monkeypatch.delenv("LABNB_DTYPE", raising=False)
+    seen.clear(); M.load_model(str(tmp_path), device="cpu")
+    assert "device_map" not in seen and seen["dtype"] == torch.float32
