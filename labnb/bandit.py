@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['ALGORITHMS', 'GRIDS', 'standardize', 'BanditConfig', 'LinUCB', 'RandomSearch', 'EpsilonGreedy', 'make_policy',
            'synthetic_problem', 'run_synthetic', 'EventLog', 'features_hash', 'progress_table', 'run_bandit',
-           'brute_force', 'cached_reference', 'trajectory', 'summarize', 'random_search_hit', 'replay',
+           'file_lock', 'brute_force', 'cached_reference', 'trajectory', 'summarize', 'random_search_hit', 'replay',
            'reward_heatmap', 'metric_scatter', 'picks_plot', 'Grid', 'model_grid']
 
 # %% ../nbs/15_bandit.ipynb #2d72b383
@@ -164,17 +164,18 @@ def run_bandit(arm_ids: Sequence[str], X: np.ndarray, reward_fn: Callable[[str],
     """Run (or resume) policy `cfg.algorithm` for `cfg.budget` pulls; `reward_fn(arm_id)`; returns the pull events as a frame.
     With `progress_path`, `progress_table` is written there (atomically, CSV) at the start and after every pull.
     A second process on the same log waits for the first (a lock file beside the log), then finds its pulls done."""
-    with _log_lock(log_path):
+    with file_lock(Path(log_path).with_name(Path(log_path).name + ".lock")):
         return _run_bandit(arm_ids, X, reward_fn, cfg, log_path, standardization, progress, progress_path)
 
 @contextlib.contextmanager
-def _log_lock(log_path):
+def file_lock(lock_path):
+    "Hold an exclusive lock on `lock_path` (created if missing); another process waits. The kernel drops it if the holder dies."
     import fcntl
-    lock = Path(log_path).with_name(Path(log_path).name + ".lock"); lock.parent.mkdir(parents=True, exist_ok=True)
+    lock = Path(lock_path); lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as f:
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            logger.info("waiting for another process running %s", log_path); fcntl.flock(f, fcntl.LOCK_EX)
+            logger.info("waiting for another process holding %s", lock); fcntl.flock(f, fcntl.LOCK_EX)
         try: yield
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -218,8 +219,11 @@ def brute_force(arm_ids: Sequence[str], reward_fn: Callable[[str], float], progr
     return pd.DataFrame(rows).sort_values("reward", ascending=False, kind="stable").reset_index(drop=True)
 
 def cached_reference(arm_ids: Sequence[str], reward_fn: Callable[[str], float], path, progress: bool = False) -> pd.DataFrame:
-    "`brute_force`, read from the CSV `path` when it holds exactly these arms, else computed and written there atomically."
+    "`brute_force`, read from the CSV `path` when it holds exactly these arms, else computed and written there atomically (one process at a time)."
     path = Path(path)
+    with file_lock(path.with_name(path.name + ".lock")): return _cached_reference(arm_ids, reward_fn, path, progress)
+
+def _cached_reference(arm_ids, reward_fn, path: Path, progress: bool) -> pd.DataFrame:
     if path.is_file():
         try: got = pd.read_csv(path)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:

@@ -17,7 +17,7 @@ import pandas as pd
 
 from .core import Config, ConfigError, deep_merge, from_dict, logger, parse_overrides, paths, read_yaml, resolve_env
 from .store import RunFolder, StatusTable, atomic_write, atomic_write_json
-from .bandit import (ALGORITHMS, BanditConfig, cached_reference, features_hash, model_grid, run_bandit, standardize,
+from .bandit import (ALGORITHMS, BanditConfig, cached_reference, features_hash, file_lock, model_grid, run_bandit, standardize,
                      summarize, trajectory)
 from .rewards import ArmRewards, RewardConfig, cached_corpus
 from .repmetrics import METRICS, cached_layer_metrics, metric_definitions
@@ -161,7 +161,10 @@ class BanditRun:
 def run_layer_bandit(cfg: LayerBanditConfig, out=None, progress: bool = False) -> BanditRun:
     "Features, baseline, the budgeted bandit (resumed from its log), and with `reference: brute` the cached brute force."
     out = Path(out) if out is not None else cfg.out
-    out.mkdir(parents=True, exist_ok=True)
+    with file_lock(out / ".run.lock"):          # a second process on the same folder waits, then finds the work done
+        return _run_layer_bandit(cfg, out, progress)
+
+def _run_layer_bandit(cfg: LayerBanditConfig, out: Path, progress: bool) -> BanditRun:
     grid = model_grid(cfg.grid)
     feats = arm_features(cfg, grid, out, progress)
     X, standardization = standardize(feats, cfg.metrics)

@@ -226,3 +226,18 @@ def test_two_processes_on_one_log_evaluate_each_pull_once(tmp_path):
     pulls = [e for e in EventLog(log).events() if e["type"] == "pull"]
     assert [e["t"] for e in pulls] == list(range(6)) and len({e["arm"] for e in pulls}) == 6
     assert sorted(calls.read_text().split()) == sorted(e["arm"] for e in pulls)   # no pull computed twice
+
+
+def test_two_workflow_processes_on_one_folder_evaluate_nothing_twice(tmp_path):
+    f = _smoke(tmp_path)
+    slow = ("import sys, time; import labnb.rewards as R; score = R.mteb_score\n"
+            "def slow(*a, **k): time.sleep(1.5); return score(*a, **k)\n"
+            "R.mteb_score = slow\nfrom labnb.bandit_run import main; sys.exit(main(sys.argv[1:]))")   # wide race windows
+    cmd = [sys.executable, "-c", slow, "run", str(f), "-q", "-s", "bandit.budget=1", "-s", f"output_dir={tmp_path}/shared"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    ps = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL) for _ in range(2)]
+    assert [p.wait(timeout=240) for p in ps] == [0, 0]
+    from labnb.store import StatusTable
+    rows = StatusTable(tmp_path / "shared" / "rewards" / "rewards.sqlite").rows()
+    assert rows and all(r.status == "completed" and r.attempts == 1 for r in rows), [(r.unit, r.attempts) for r in rows if r.attempts != 1]
+    assert len(pd.read_csv(tmp_path / "shared" / "bandit_progress.csv")) == 1
