@@ -4,7 +4,8 @@ For `labnb.store.StatusTable` (every workflow's resume primitive): registering u
 claim + complete of one unit (a lease, then the result), listing pending units, and the full resume scan that
 `StatusTable.run` does before it starts (`add` of all units again + one status query). The baseline, measured in the
 same run and interleaved with labnb (A B A B ...), is plain SQLite on one connection doing the same two updates per
-unit without leases. Writes benchmarks/results/store.json.
+unit without leases. The KV harness's request store (`labnb.kv_store.KVStore`, the same lease rules on its own
+`requests` table) is measured at the same sizes by `bench_kv.bench_store`. Writes benchmarks/results/store.json.
 """
 import os, sqlite3, sys, tempfile, time
 from pathlib import Path
@@ -64,9 +65,11 @@ def main() -> dict:
     for n in SIZES:
         with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as d:
             rows.append(measure(n, Path(d))); print(rows[-1], flush=True)
+    from bench_kv import bench_store as kv_store_bench
+    kv = [kv_store_bench(n) for n in SIZES]
     flat = rows[-1]["claim_complete_ms"] / rows[0]["claim_complete_ms"]
     return write("store", {"what": "StatusTable per-unit costs vs size; baseline plain SQLite (two autocommit updates per unit), interleaved",
-                           "sample_per_round": SAMPLE, "sizes": rows, "claim_complete_largest_over_smallest": round(flat, 2),
+                           "sample_per_round": SAMPLE, "sizes": rows, "kv_store": kv, "claim_complete_largest_over_smallest": round(flat, 2),
                            "targets": {"claim_complete_ms": 0.2, "resume_scan_s_at_100k": 10},
                            "loadavg_start": load0, "loadavg_end": load()})
 
