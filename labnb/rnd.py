@@ -408,7 +408,10 @@ def run_seeds(emb: dict, cfg: RNDConfig, seeds: Sequence[int], run=None, progres
         c = cfg.replace(seed=int(s))
         f = (run / f"seed_{s}-{c.config_hash()}.npz") if run is not None else None   # another config never matches
         if f is not None and f.exists() and f.with_suffix(".json").exists():
-            try: out[s] = _load_seed(f); continue
+            try:
+                out[s] = _load_seed(f)
+                if out[s]["errors"]: continue
+                logger.info("recomputing seed %s: %s predates the saved error vectors", s, f.name)
             except (OSError, KeyError, ValueError) as e: logger.warning("recomputing seed %s: %s", s, e)
         out[s] = evaluate(emb, c, **kw)
         if f is not None: _save_seed(f, out[s])
