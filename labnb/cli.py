@@ -16,7 +16,7 @@ from .store import StoreError, atomic_write
 from .runner import RunBusy, RunFailed, rel_home, run_template, strip_home, templates, write_index
 
 # %% ../nbs/92_cli.ipynb #fa86bfc7
-WORKFLOWS = {"kv": "labnb.kv_cli:main", "llgbm": "labnb.llgbm_cli:main"}
+WORKFLOWS = {"kv": "labnb.kv_cli:main", "llgbm": "labnb.llgbm_cli:main", "bandit": "labnb.bandit_run:main"}
 
 class UsageError(ValueError): "Bad command-line input."
 

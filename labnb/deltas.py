@@ -16,7 +16,7 @@ import torch
 
 from .core import Config, ConfigError, logger
 from .store import ArrayCache, manifest_key
-from .lora import functional_lora, _pad_id
+from .lora import functional_lora, pad_id
 
 # %% ../nbs/25_deltas.ipynb #7878d548
 _ALPACA = "Below is an instruction that describes a task. Write a response that completes the request.\n\n### Instruction:\n{}\n\n### Response:"
@@ -80,7 +80,7 @@ AGGREGATES = {"mean": lambda x: x.mean(-2),            # x: [..., n_probes, d] -
 def encode_probes(tok, texts: Sequence[str]):
     "Right-padded `(input_ids, attention_mask)` of the probe texts."
     rows = [tok.encode(t, add_special_tokens=False) for t in texts]
-    L, pad = max(map(len, rows)), _pad_id(tok)
+    L, pad = max(map(len, rows)), pad_id(tok)
     ids = torch.tensor([r + [pad] * (L - len(r)) for r in rows])
     mask = torch.tensor([[1] * len(r) + [0] * (L - len(r)) for r in rows])
     return ids, mask  # [n, seq] each

@@ -172,7 +172,7 @@ def _generate(self, req: GenRequest, on_failure: Callable|None = None, on_text: 
             n_ctx = ctx_ids.shape[1]
             press, cache = self.press_for(req, n_ctx), DynamicCache()
             with press(self.model) if press is not None else contextlib.nullcontext():
-                self.model.model(input_ids=ctx_ids, past_key_values=cache)  # prefill; the press compresses the cache
+                self.model.base_model(input_ids=ctx_ids, past_key_values=cache)  # prefill; the press compresses the cache
             kv = cache_bytes(cache)
             pos = torch.arange(n_ctx, n_ctx + q_ids.shape[1], device=dev)[None]   # [1, n_q]
             out = self.model(input_ids=q_ids, past_key_values=cache, position_ids=pos, logits_to_keep=1)

@@ -175,7 +175,7 @@ def load_tokenizer(name: str):
     from labnb import models
     if name.startswith("tiny-"): return models.tiny_tokenizer()
     from transformers import AutoTokenizer
-    folder = models._resolve(name, None)[0]
+    folder = models.resolve_source(name)[0]
     return AutoTokenizer.from_pretrained(folder)
 
 def quantile_bins(n_tokens, ids, n_bins: int) -> np.ndarray:

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['LORA_TARGETS', 'TEMPLATE', 'LoraSpec', 'default_lora_modules', 'LoraLayout', 'lora_layout', 'init_lora',
            'random_lora', 'flatten_lora', 'unflatten_lora', 'merged_weights', 'functional_lora', 'sum_adapters',
-           'peft_config', 'lora_from_peft', 'peft_model_of', 'encode_pairs', 'answer_loss', 'answer_metrics',
+           'peft_config', 'lora_from_peft', 'peft_model_of', 'pad_id', 'encode_pairs', 'answer_loss', 'answer_metrics',
            'lora_forward', 'task_pairs', 'split_pairs', 'TeacherConfig', 'train_teacher', 'save_adapter',
            'load_adapter']
 
@@ -197,7 +197,7 @@ def peft_model_of(model, spec: LoraSpec, lora: dict|None = None):
 # %% ../nbs/24_lora.ipynb #2b874bf8
 TEMPLATE = "Input: {input}\nOutput:"
 
-def _pad_id(tok) -> int:
+def pad_id(tok) -> int:
     for a in ("pad_token_id", "eos_token_id"):
         if (v := getattr(tok, a, None)) is not None: return int(v)
     return 0
@@ -210,7 +210,7 @@ def encode_pairs(tok, pairs: Sequence[tuple[str, str]], template: str = TEMPLATE
         a = tok.encode(" " + str(y), add_special_tokens=False)[:max_answer]
         p = p[-(max_len - len(a)):]
         rows.append((p + a, [-100] * len(p) + a))
-    L, pad = max(len(r[0]) for r in rows), _pad_id(tok)
+    L, pad = max(len(r[0]) for r in rows), pad_id(tok)
     ids = torch.tensor([r[0] + [pad] * (L - len(r[0])) for r in rows])
     mask = torch.tensor([[1] * len(r[0]) + [0] * (L - len(r[0])) for r in rows])
     labels = torch.tensor([r[1] + [-100] * (L - len(r[1])) for r in rows])

@@ -6,8 +6,8 @@
 __all__ = ['ARCHS', 'V_LAYOUTS', 'CONFIG_VARIANTS', 'PART_NAMES', 'V_LAYOUT_OF', 'CONFIG_KEYS', 'TINY_ARCHS', 'TINY_ALIASES',
            'OFFLINE_MODELS', 'ArchSpec', 'ModelSpec', 'UnsupportedArchitecture', 'detect_layout', 'is_causal',
            'model_spec', 'tiny_tokenizer', 'tiny_model', 'OfflineModel', 'package_dir', 'spm_merges',
-           'spm_bpe_tokenizer', 'dequantized_dir', 'load_model', 'model_meta', 'free_memory', 'row_bytes',
-           'auto_batch_size']
+           'spm_bpe_tokenizer', 'dequantized_dir', 'resolve_source', 'load_model', 'model_meta', 'free_memory',
+           'row_bytes', 'auto_batch_size']
 
 # %% ../nbs/02_models.ipynb #e5835640
 import contextlib, fcntl, hashlib, importlib.util, json, os, shutil, tempfile, warnings
@@ -394,7 +394,7 @@ def dequantized_dir(name: str) -> Path:
     return out
 
 # %% ../nbs/02_models.ipynb #8e4ba583
-def _resolve(source: str, gguf_file: str|None) -> tuple[str|Path, dict, str|None]:
+def resolve_source(source: str, gguf_file: str|None = None) -> tuple[str|Path, dict, str|None]:
     "(folder or hub id, extra from_pretrained kwargs, offline kind) for a source; `hub:ORG/NAME` is always a hub id."
     if source.startswith("hub:"):
         if "/" not in source: raise KeyError(f"hub model {source!r}: expected hub:ORG/NAME")
@@ -421,7 +421,7 @@ def load_model(source: str|Path, revision: str|None = None, gguf_file: str|None 
     from transformers import AutoTokenizer, AutoConfig
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
-    folder, extra, offline_kind = _resolve(str(source), gguf_file)
+    folder, extra, offline_kind = resolve_source(str(source), gguf_file)
     if revision: extra["revision"] = revision
     try: cfg = AutoConfig.from_pretrained(folder, **extra)
     except OSError as e:

@@ -447,25 +447,31 @@ def is_done(self: StatusTable, unit: str) -> bool:
 # %% ../nbs/01_store.ipynb #ea18a65d
 @patch
 def run(self: StatusTable, units: Iterable[str], fn: Callable[[str], Any], retry_failed: bool = True, raise_errors: bool = False,
-        progress: bool = True, desc: str|None = None, group: str|None = None) -> dict:
-    "Run `fn(unit)` for every unit not yet done and not held by another live process; returns `{unit: result}` of completed units."
+        progress: bool = True, desc: str|None = None, group: str|None = None, wait: bool = True, poll: float = 0.5) -> dict:
+    "Run `fn(unit)` for every unit not yet done, each by one process only; with `wait`, also wait for units other live processes hold. Returns `{unit: result}` of completed units."
     from tqdm.auto import tqdm
-    units = [str(u) for u in units]
+    units = [str(u) for u in units]; wanted, me, tried = set(units), owner_id(), set()
     self.add(units, group=group)
+    done = lambda st: sum(st[u] in ("completed", "skipped") for u in units)
     state = self.statuses()
-    todo = [u for u in units if state[u] not in ("completed", "skipped") and (retry_failed or state[u] != "failed")]
-    for u in tqdm(todo, desc=desc or self.path.stem, disable=not progress or not todo):
-        if not self.claim(u, retry_failed=retry_failed): continue          # done meanwhile, or another process has it
-        try: res = fn(u)
-        except Exception as e:
-            self.fail(u, "".join(traceback.format_exception_only(type(e), e)).strip())
-            logger.warning("unit %s failed: %s", u, e)
-            if raise_errors: raise
-            continue
-        except BaseException:                                               # Ctrl-C: give the unit back
-            self.release(u); raise
-        self.complete(u, res)
-    wanted = set(units)
+    bar = tqdm(total=len(units), initial=done(state), desc=desc or self.path.stem, disable=not progress or done(state) == len(units))
+    while True:
+        for u in [u for u in units if u not in tried and state[u] not in ("completed", "skipped") and (retry_failed or state[u] != "failed")]:
+            if not self.claim(u, retry_failed=retry_failed): continue      # done meanwhile, or another process has it
+            tried.add(u)
+            try: res = fn(u)
+            except Exception as e:
+                self.fail(u, "".join(traceback.format_exception_only(type(e), e)).strip())
+                logger.warning("unit %s failed: %s", u, e)
+                if raise_errors: bar.close(); raise
+                continue
+            except BaseException:                                           # Ctrl-C: give the unit back
+                self.release(u); bar.close(); raise
+            self.complete(u, res); bar.update(1)
+        held = [r for r in self.rows(status="running") if r.unit in wanted and r.owner != me and not r.stale]
+        if not wait or not held: break
+        time.sleep(poll); state = self.statuses(); bar.n = done(state); bar.refresh()     # another process is on them
+    bar.close()
     return {r.unit: r.result for r in self.rows(status="completed") if r.unit in wanted}
 
 # %% ../nbs/01_store.ipynb #26eb8f52
