@@ -121,7 +121,7 @@ def metric_value(name: str, z, alpha: float = 1.0) -> MetricValue:
 def _forward_batches(model, tok, texts, batch_size: int, max_length: int, pad_side: str, progress: bool):
     "Yield (hidden_states tuple of [batch, seq, d], mask [batch, seq]) for each batch: one forward pass each."
     from tqdm.auto import tqdm
-    from labnb.embeddings import _backbone
+    from labnb.embeddings import backbone
     old = tok.padding_side; tok.padding_side = pad_side
     try:
         dev = next(model.parameters()).device
@@ -129,7 +129,7 @@ def _forward_batches(model, tok, texts, batch_size: int, max_length: int, pad_si
             enc = tok(list(texts[s:s + batch_size]), return_tensors="pt", padding=True, truncation=True, max_length=max_length,
                       return_token_type_ids=False)
             with torch.inference_mode():
-                out = _backbone(model)(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev),
+                out = backbone(model)(input_ids=enc["input_ids"].to(dev), attention_mask=enc["attention_mask"].to(dev),
                                        output_hidden_states=True)
             yield out.hidden_states, enc["attention_mask"].to(dev)
     finally: tok.padding_side = old
