@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, asdict
 from typing import Any, Callable
 
 import torch
+from fastcore.basics import patch
 
 from .core import logger
 
@@ -157,8 +158,9 @@ class _Emitter:
     def finish(self, text: str):
         if self.fn is not None and len(text) > self.sent: self.fn(text[self.sent:]); self.sent = len(text)
 
+@patch
 @torch.inference_mode()
-def _generate(self, req: GenRequest, on_failure: Callable|None = None, on_text: Callable|None = None) -> GenResult:
+def generate(self: TransformersEngine, req: GenRequest, on_failure: Callable|None = None, on_text: Callable|None = None) -> GenResult:
     """Answer one request; errors become a result with `error_type='ENGINE_ERROR'` (reported to `on_failure`).
     `on_text(delta)` receives the answer as it is generated (held back where a stop string could still begin)."""
     from transformers import DynamicCache
@@ -198,7 +200,6 @@ def _generate(self, req: GenRequest, on_failure: Callable|None = None, on_text: 
         if on_failure: on_failure(attempt=1, error_type="ENGINE_ERROR", status_code=None, error=msg, final=True)
         logger.warning("engine error: %s", msg)
         return GenResult(error_type="ENGINE_ERROR", error=msg, latency_s=time.perf_counter() - t0)
-TransformersEngine.generate = _generate
 
 # %% ../nbs/33_kv_engines.ipynb #e9378578
 RETRYABLE = {"TIMEOUT", "HTTP_429", "HTTP_5XX", "CONNECTION", "BAD_RESPONSE"}
@@ -295,7 +296,8 @@ def _piece(self, chunk) -> tuple[str|None, str|None, dict]:
     usage = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
     return "".join(text) or None, finish, usage
 
-def _attempt(self, body: dict, t0: float) -> GenResult:
+@patch
+def _attempt(self: OpenAIEngine, body: dict, t0: float) -> GenResult:
     "One streamed HTTP attempt, bounded by `timeout_s` overall and `max_response_bytes`; raises `_Failure` (classified)."
     import httpx
     url = f"{self.base_url}/{'chat/completions' if self.kind == 'chat' else 'completions'}"
@@ -333,12 +335,13 @@ def _attempt(self, body: dict, t0: float) -> GenResult:
     return GenResult(text="".join(parts), finish_reason=finish, prompt_tokens=usage.get("prompt_tokens"),
                      completion_tokens=usage.get("completion_tokens"), ttfb_s=ttfb, kv_cache_bytes=usage.get("kv_cache_bytes"))
 
-def _http_generate(self, req: GenRequest, on_failure: Callable|None = None) -> GenResult:
+@patch
+def generate(self: OpenAIEngine, req: GenRequest, on_failure: Callable|None = None) -> GenResult:
     "Answer one request with retries; the result's `latency_s` spans all attempts. Never raises for a server's fault."
     body, t0 = self.payload(req), time.perf_counter()
     for attempt in range(1, self.max_retries + 2):
         try:
-            with self.pacer.slot(): res = _attempt(self, body, time.perf_counter())
+            with self.pacer.slot(): res = self._attempt(body, time.perf_counter())
             res.latency_s = time.perf_counter() - t0
             return res
         except Exception as e:
@@ -350,7 +353,6 @@ def _http_generate(self, req: GenRequest, on_failure: Callable|None = None) -> G
             wait = self.backoff(attempt, f.retry_after)
             logger.info("attempt %d failed (%s); retrying in %.2fs", attempt, f.error_type, wait)
             time.sleep(wait)
-OpenAIEngine._attempt, OpenAIEngine.generate = _attempt, _http_generate
 
 # %% ../nbs/33_kv_engines.ipynb #01ab28ba
 ENGINES: dict[str, Callable] = {
