@@ -43,7 +43,7 @@ class EngineCfg(Config):
     temperature: float = 0.0       # 0 = greedy (in-process engines only support greedy)
     stop: list[str] = field(default_factory=lambda: ["\n"])
     press_kwargs: dict = field(default_factory=dict)   # {press: {kwarg: value}} passed to the kvpress class
-    threads: int = 0               # torch threads for in-process engines (0 = leave as is)
+    threads: int = 0               # torch threads for in-process engines (0 = the cores free now; LABNB_THREADS wins)
     base_url: str = ""             # HTTP engines: e.g. http://127.0.0.1:8000/v1
     api_key: str = ""
     timeout_s: float = 120.0

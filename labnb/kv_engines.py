@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 from fastcore.basics import patch
 
-from .core import logger
+from .core import logger, set_threads
 
 # %% ../nbs/33_kv_engines.ipynb #7f874578
 @dataclass
@@ -122,7 +122,7 @@ class TransformersEngine:
     name = "transformers"
     def __init__(self, model="smollm2-135m", tokenizer=None, prompt_style: str = "plain", press_kwargs: dict|None = None,
                  threads: int = 0, model_name: str|None = None):
-        if threads: torch.set_num_threads(threads)
+        self.threads = set_threads(threads or None)          # LABNB_THREADS > config > the cores free now
         if isinstance(model, str): model_name, (model, tok) = model, _load(model)
         else: tok = tokenizer
         if tok is None: raise ValueError("a tokenizer is needed with a model object")
