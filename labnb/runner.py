@@ -6,7 +6,8 @@
 __all__ = ['RESERVED', 'KERNEL', 'TemplateError', 'ParamError', 'templates', 'find_template', 'Param', 'parse_params',
            'params_cell', 'template_params', 'parse_cli_value', 'validate_params', 'params_hash', 'make_run_id',
            'RunFailed', 'RunResult', 'rel_home', 'strip_home', 'index_row', 'index_file', 'upsert_index', 'scan_index',
-           'write_index', 'read_index', 'kernel_manager', 'RunBusy', 'batch_env', 'run_template', 'scratch_home']
+           'write_index', 'read_index', 'kernel_manager', 'RunBusy', 'batch_env', 'check_environment', 'run_template',
+           'scratch_home']
 
 # %% ../nbs/90_runner.ipynb #4386edfb
 import ast, contextlib, csv, hashlib, io, json, logging, os, re, shutil, sys, tempfile, time, tokenize, traceback, types
@@ -83,6 +84,8 @@ def parse_params(src: str, source: str = "<parameters>") -> dict[str, Param]:
 # %% ../nbs/90_runner.ipynb #abf8c8aa
 def params_cell(nb) -> tuple[int, str]:
     "Index and source of the cell tagged `parameters`."
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list) or not all(isinstance(c, dict) for c in nb["cells"]):
+        raise TemplateError("not a notebook (no list of cells)")
     for i, c in enumerate(nb["cells"]):
         if "parameters" in c.get("metadata", {}).get("tags", []):
             return i, "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
@@ -203,6 +206,12 @@ def index_row(experiment: str, run_id: str, params: dict, metrics: dict) -> dict
     "One row of an experiment's index: run id, notebook, `param.*` (the validated template parameters) and `metric.*` columns."
     return {"run_id": run_id, "notebook": f"{run_id}/{experiment}.ipynb", **_flat(params, "param."), **_flat(metrics, "metric.")}
 
+def _metrics(run: RunFolder) -> dict:
+    "A run's metrics; a file that is not a JSON mapping is a `StoreError` naming it."
+    m = run.metrics
+    if not isinstance(m, dict): raise StoreError(run.metrics_file, f"holds a {type(m).__name__}, not a mapping of metrics")
+    return m
+
 def _run_params(run: RunFolder) -> dict:
     rec = run.params
     return (rec.get("runner") or {}).get("parameters") or rec.get("params") or {}
@@ -212,9 +221,10 @@ def index_file(experiment: str) -> Path: return paths().results / experiment / "
 # %% ../nbs/90_runner.ipynb #35b5d6ef
 def _read_rows(f: Path) -> dict[str, dict]:
     if not f.exists(): return {}
-    with open(f, newline="") as fh:
-        try: return {r["run_id"]: r for r in csv.DictReader(fh)}
-        except (csv.Error, KeyError) as e: raise StoreError(f, f"is not an index written by labnb ({e})", "rebuild it with `labnb index EXPERIMENT`") from None
+    try:
+        with open(f, newline="", encoding="utf-8") as fh: return {r["run_id"]: r for r in csv.DictReader(fh)}
+    except (csv.Error, KeyError, UnicodeDecodeError, OSError) as e:
+        raise StoreError(f, f"is not an index written by labnb ({type(e).__name__}: {e})", "rebuild it with `labnb index EXPERIMENT`") from None
 
 def _write_rows(f: Path, rows: dict[str, dict]):
     cols = list(dict.fromkeys(c for k in sorted(rows) for c in rows[k]))
@@ -226,7 +236,10 @@ def upsert_index(experiment: str, row: dict) -> Path:
     "Add or replace one run's row of `results/{experiment}/index.csv` (atomic; safe when several processes write)."
     f = index_file(experiment)
     with file_lock(f.parent / ".index.lock"):
-        rows = _read_rows(f); rows[row["run_id"]] = {k: ("" if v is None else v) for k, v in row.items()}
+        try: rows = _read_rows(f)
+        except StoreError as e:                     # the index is derived: rebuild it from the run folders
+            logger.warning("%s; rebuilding it from the run folders", e); rows = scan_index(experiment)
+        rows[row["run_id"]] = {k: ("" if v is None else v) for k, v in row.items()}
         _write_rows(f, rows)
     return f
 
@@ -235,8 +248,10 @@ def scan_index(experiment: str) -> dict[str, dict]:
     root, rows = paths().results / experiment, {}
     for d in sorted(root.iterdir()) if root.is_dir() else []:
         run = RunFolder(d)
-        if d.is_dir() and not d.name.startswith((".", "interactive")) and run.done:
-            rows[d.name] = index_row(experiment, d.name, _run_params(run), run.metrics)
+        if not d.is_dir() or d.name.startswith((".", "interactive")): continue
+        try:
+            if run.done: rows[d.name] = index_row(experiment, d.name, _run_params(run), _metrics(run))
+        except StoreError as e: logger.warning("index: %s (run left out)", e)
     return rows
 
 def write_index(experiment: str, rows: dict[str, dict]|None = None) -> Path:
@@ -338,6 +353,19 @@ def _execute(path: Path, work: RunFolder, experiment: str, values: dict, kernel:
     return out_nb, log, err
 
 # %% ../nbs/90_runner.ipynb #b339e546
+def _readable(run: RunFolder) -> bool:
+    try: _metrics(run); run.params; return True
+    except StoreError as e: logger.warning("%s: redoing the run", e); return False
+
+def check_environment(kernel: str):
+    "Before any kernel starts: the kernel exists and labnb's environment variables are valid (a `ConfigError` otherwise)."
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    from labnb.core import pick_threads, default_device
+    try: KernelSpecManager().get_kernel_spec(kernel)
+    except NoSuchKernel: raise ConfigError("kernel", f"no Jupyter kernel named {kernel!r} (set LABNB_KERNEL, or run `make setup`)") from None
+    if os.environ.get("LABNB_THREADS"): pick_threads()
+    if os.environ.get("LABNB_DEVICE"): default_device()
+
 def run_template(template: str|Path, params: dict|None = None, force: bool = False, from_cli: bool = False,
                  kernel: str|None = None, progress: bool = False, run_id: str|None = None) -> RunResult:
     "Execute `template` with `params` into its run folder; skip a complete run unless `force` (which replaces it only on success)."
@@ -347,18 +375,20 @@ def run_template(template: str|Path, params: dict|None = None, force: bool = Fal
     values = validate_params(path, params or {}, from_cli=from_cli, spec=spec)
     run_id = run_id or make_run_id(values, {k: p.default for k, p in spec.items() if k not in RESERVED})
     run = RunFolder(paths().run_dir(experiment, run_id))
+    kernel = kernel or KERNEL
+    check_environment(kernel)
     lock = contextlib.ExitStack()
     try: lock.enter_context(file_lock(run.path.parent / ".locks" / f"{run_id}.lock", blocking=False, what=f"run {experiment}/{run_id}"))
     except Busy as e: raise RunBusy(str(e)) from None
     with lock:
         _recover(run)
+        if run.done and not force and not _readable(run): run.invalidate()    # a damaged complete run is redone
         if run.done and not force:
             logger.info("%s/%s: complete, skipped", experiment, run_id)
             if run_id not in _read_rows(index_file(experiment)): upsert_index(experiment, index_row(experiment, run_id, values, run.metrics))
             return RunResult(experiment, run_id, run.path, "skipped", run.metrics, values)
         work = _staging(run) if force else run
         if force: shutil.rmtree(work.path, ignore_errors=True)
-        kernel = kernel or KERNEL
         info = {"template": rel_home(path), "run_id": run_id, "parameters": values, "kernel": kernel, "papermill": pm.__version__}
         work.start(values, experiment=experiment, runner={**info, "status": "running"})
         t0 = time.time()

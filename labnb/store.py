@@ -84,7 +84,9 @@ def atomic_write_yaml(path, obj) -> Path:
 def read_json(path):
     "A JSON file's content; a truncated or malformed file is a `StoreError` naming it."
     try:
-        with open(path) as f: return json.load(f)
+        with open(path, encoding="utf-8") as f: return json.load(f)
+    except UnicodeDecodeError as e: raise StoreError(path, f"byte {e.start}: not UTF-8 text", "delete it (or move it aside) and rerun") from None
+    except IsADirectoryError: raise StoreError(path, "is a folder, not a JSON file") from None
     except json.JSONDecodeError as e:
         raise StoreError(path, f"is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})",
                          "it was probably cut short; delete it (or move it aside) and rerun") from None
@@ -145,8 +147,10 @@ class RunFolder:
     def complete_file(self): return self.path / COMPLETE_FILE
     @property
     def params(self) -> dict:
-        try: return yaml.safe_load(self.params_file.read_text()) or {}
-        except yaml.YAMLError as e: raise StoreError(self.params_file, f"is not valid YAML ({str(e).splitlines()[0]})", "delete the run folder and rerun") from None
+        try: d = yaml.safe_load(self.params_file.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e: raise StoreError(self.params_file, f"is not valid YAML ({str(e).splitlines()[0]})", "delete the run folder and rerun") from None
+        if not isinstance(d, dict): raise StoreError(self.params_file, f"holds a {type(d).__name__}, not a mapping", "delete the run folder and rerun")
+        return d
     @property
     def metrics(self) -> dict: return read_json(self.metrics_file)
     @property
@@ -168,7 +172,8 @@ def done(self: RunFolder) -> bool:
 @patch
 def start(self: RunFolder, params: dict, seeds=None, **extra) -> RunFolder:
     "Write `params.yaml` with provenance (start time and runner section kept when resuming); remove leftovers of killed writes."
-    self.path.mkdir(parents=True, exist_ok=True)
+    try: self.path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError): raise StoreError(self.path, "exists and is not a folder (or a parent is a file)") from None
     clean_tmp(self.path, recursive=True)
     old = self.params if self.params_file.exists() else {}
     rec = {"params": params, **provenance(seeds), **extra, "start_time": old.get("start_time", now_iso())}
@@ -210,6 +215,8 @@ def _db_error(path, e: Exception) -> Exception:
     msg = str(e)
     if any(s in msg for s in ("not a database", "malformed", "disk image", "file is encrypted")):
         return StoreError(path, f"is not a usable SQLite database ({msg})", f"move it aside (mv {path} {path}.bad) to start afresh")
+    if any(s in msg for s in ("unable to open database", "readonly database", "read-only")):
+        return StoreError(path, f"cannot be opened for writing ({msg})", "it must be a file in a folder this user can write")
     return e
 
 def connect(path, timeout: float = 60.0) -> sqlite3.Connection:
@@ -352,7 +359,12 @@ def complete(self: StatusTable, unit: str, result=None):
     "Mark `unit` completed with a small JSON `result`."
     now = time.time()
     self._exec(f"""UPDATE {self.table} SET status='completed', finished=?, seconds=?-COALESCE(started, ?),
-        result=?, updated=?, owner=NULL WHERE unit=?""", (now, now, now, json.dumps(result, default=jsonable), now, unit))
+        result=?, updated=?, owner=NULL WHERE unit=?""", (now, now, now, json.dumps(result, default=_stored), now, unit))
+
+def _stored(x):
+    "JSON for a unit's result: numpy, paths and `to_dict` objects as values, anything else as its repr (never lose the unit)."
+    try: return jsonable(x)
+    except TypeError: return repr(x)
 
 @patch
 def fail(self: StatusTable, unit: str, error: str):
@@ -382,15 +394,21 @@ def release(self: StatusTable, unit: str):
 class Busy(RuntimeError):
     "Another live process holds the lock."
 
+def _describe_owner(owner: str) -> str:
+    host, pid, *_ = (owner.split(":") + ["", ""]) if owner else ("", "")
+    return f"process {pid} on {host}" if pid else "another process"
+
 @contextlib.contextmanager
 def file_lock(path, blocking: bool = True, what: str = ""):
     "Hold an exclusive `flock` on `path` (released when the block ends or the process dies); `Busy` if not `blocking` and it is held."
     import fcntl
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
+    path = Path(path)
+    try: path.parent.mkdir(parents=True, exist_ok=True); f = open(path, "a+")
+    except OSError as e: raise StoreError(path, f"cannot be locked ({e.strerror})", "check that its folder exists and is writable") from None
+    with f:
         try: fcntl.flock(f, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
-            f.seek(0); holder = f.read().strip() or "another process"
+            f.seek(0); holder = _describe_owner(f.read().strip())
             raise Busy(f"{what or path} is in use by {holder}") from None
         f.seek(0); f.truncate(); f.write(owner_id()); f.flush()
         try: yield f
@@ -495,7 +513,9 @@ def manifest_key(manifest: dict, n: int = 12) -> str:
 class ArrayCache:
     "Named entries of arrays + manifest under `root` (default `embeddings/`)."
     def __init__(self, root=None): self.root = Path(root) if root else paths().embeddings
-    def entry(self, name: str) -> Path: return self.root / name
+    def entry(self, name: str) -> Path:
+        if not name or name in (".", "..") or "/" in name or "\\" in name: raise ValueError(f"cache entry name {name!r} must be a plain name (no folders)")
+        return self.root / name
     def exists(self, name: str) -> bool: return (self.entry(name) / "manifest.json").exists()
     def manifest(self, name: str) -> dict: return read_json(self.entry(name) / "manifest.json")
 
@@ -514,6 +534,8 @@ class ArrayCache:
 
     def check_manifest(self, name: str, expected: dict):
         got = self.manifest(name)
+        if not isinstance(got, dict) or not isinstance(got.get("checksums"), dict):
+            raise CacheCorrupt(f"{self.entry(name) / 'manifest.json'} is not a manifest written by labnb")
         diff = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
         if diff:
             raise CacheMismatch(f"cache entry {name!r} was made with another manifest: " +
@@ -524,7 +546,7 @@ class ArrayCache:
         "Arrays of entry `name`, refusing a manifest mismatch and detecting corrupt files."
         if not self.exists(name): raise FileNotFoundError(f"no cache entry {name!r} under {self.root}")
         clean_tmp(self.entry(name))
-        m = self.check_manifest(name, expected) if expected else self.manifest(name)
+        m = self.check_manifest(name, expected or {})
         out = {}
         for k, s in m["checksums"].items():
             f = self.entry(name) / f"{k}.npy"
@@ -539,7 +561,10 @@ class ArrayCache:
         if self.exists(name):
             try: return self.load(name, manifest, mmap=mmap)
             except (CacheCorrupt, StoreError) as e: logger.warning("recomputing corrupt cache entry %s: %s", name, e)
-        self.save(name, compute(), manifest)
+        with file_lock(self.root / f".{name}.lock"):          # one process computes; another waits, then loads
+            if self.exists(name):
+                with contextlib.suppress(CacheCorrupt, StoreError): return self.load(name, manifest, mmap=mmap)
+            self.save(name, compute(), manifest)
         return self.load(name, manifest, mmap=mmap)
 
 # %% ../nbs/01_store.ipynb #df3ff64f

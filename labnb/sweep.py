@@ -8,7 +8,7 @@ __all__ = ['CLUSTERS', 'EXECUTORS', 'ClusterConfig', 'SweepRun', 'Sweep', 'load_
            'run_sweep', 'sweep_rows', 'status_report']
 
 # %% ../nbs/91_sweep.ipynb #8df33d56
-import concurrent.futures as cf, contextlib, itertools, logging, os, time
+import concurrent.futures as cf, contextlib, itertools, logging, os, re, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +18,7 @@ import yaml
 from .core import Config, ConfigError, format_table, from_dict, logger, paths, read_yaml, resolve_env
 from .store import RunFolder, StatusTable, atomic_write, owner_id, read_json
 from .runner import (ParamError, RunBusy, find_template, rel_home, run_template, validate_params, make_run_id, template_params,
-                          RESERVED, index_row, scan_index, write_index, read_index)
+                          RESERVED, KERNEL, check_environment, index_row, scan_index, write_index, read_index)
 
 # %% ../nbs/91_sweep.ipynb #515de11e
 @dataclass
@@ -75,6 +75,7 @@ def _expand_block(block: dict, where: str, source: str) -> list[SweepRun]:
     if bad := sorted(set(block) - _BLOCK): raise ConfigError(f"{where}.{bad[0]}", f"unknown key (known: {', '.join(sorted(_BLOCK))})", source)
     if "template" not in block: raise ConfigError(f"{where}.template", "missing", source)
     tmpls = block["template"] if isinstance(block["template"], list) else [block["template"]]
+    if not tmpls or not all(isinstance(t, str) for t in tmpls): raise ConfigError(f"{where}.template", f"must be a template name or a list of names, got {block['template']!r}", source)
     fixed, grid, lst = block.get("params") or {}, block.get("grid") or {}, block.get("list") or [{}]
     if not isinstance(fixed, dict): raise ConfigError(f"{where}.params", f"must be a mapping of parameter: value, got {type(fixed).__name__}", source)
     if not isinstance(grid, dict): raise ConfigError(f"{where}.grid", f"must be a mapping of parameter: [values], got {type(grid).__name__}", source)
@@ -116,7 +117,10 @@ def load_sweep(path) -> Sweep:
     ex = d.get("executor", "local")
     if ex not in EXECUTORS: raise ConfigError("executor", f"unknown executor {ex!r} (known: {', '.join(EXECUTORS)})", source)
     cluster = from_dict(ClusterConfig, d.get("cluster") or {}, source=source, prefix="cluster.")
-    return Sweep(str(d.get("name") or path.stem), runs, mp, ex, cluster, source)
+    name = d.get("name") or path.stem
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
+        raise ConfigError("name", f"must be a plain name (letters, digits, _ . -), got {name!r}", source)
+    return Sweep(name, runs, mp, ex, cluster, source)
 
 # %% ../nbs/91_sweep.ipynb #d75ce9e1
 def execute_unit(home: str, template: str, params: dict, force: bool = False) -> dict:
@@ -223,19 +227,29 @@ class SweepResult:
         head = f"sweep {self.name}: " + ", ".join(f"{v} {k}" for k, v in self.counts.items() if v) + f" ({rel_home(self.status_file)})"
         return "\n".join([head, *(f"  failed {u}: {e.splitlines()[0]}" for u, e in self.failed)])
 
-def _next_unit(sw: Sweep, st: StatusTable, tried: set, retry_failed: bool) -> SweepRun|None:
-    "The first unit this process may run now, claimed for it (None when no unit is free)."
-    state = st.statuses()
-    for r in sw.runs:
-        s = state.get(r.unit)
-        if r.unit in tried or s in ("completed", "skipped") or (s == "failed" and not retry_failed): continue
-        if st.claim(r.unit, retry_failed=retry_failed, group=r.experiment): tried.add(r.unit); return r
+@dataclass
+class _Plan:
+    "What this process has tried, what waits for a lock another process holds, and which units are suspected of killing workers."
+    tried: set = field(default_factory=set)
+    busy_until: dict = field(default_factory=dict)      # unit -> time before which it is not resubmitted
+    suspects: set = field(default_factory=set)          # in flight when a worker died: rerun alone
+
+def _next_unit(sw: Sweep, st: StatusTable, plan: _Plan, retry_failed: bool, inflight: dict) -> SweepRun|None:
+    "The next unit this process may run now, claimed for it (None when none is free). A suspect runs only alone."
+    if any(r.unit in plan.suspects for r in inflight.values()): return None
+    state, now = st.statuses(), time.time()
+    free = [r for r in sw.runs if r.unit not in plan.tried and plan.busy_until.get(r.unit, 0) <= now
+            and state.get(r.unit) not in ("completed", "skipped") and (retry_failed or state.get(r.unit) != "failed")]
+    free.sort(key=lambda r: r.unit in plan.suspects)                                  # suspects last
+    for r in free:
+        if r.unit in plan.suspects and inflight: return None
+        if st.claim(r.unit, retry_failed=retry_failed, group=r.experiment): plan.tried.add(r.unit); return r
     return None
 
-def _held_elsewhere(sw: Sweep, st: StatusTable) -> bool:
-    "Whether another live process still runs units of this sweep."
+def _held_elsewhere(sw: Sweep, st: StatusTable, plan: _Plan) -> bool:
+    "Whether another live process still runs units of this sweep (a claim in the table, or a run's lock)."
     units = {r.unit for r in sw.runs}
-    return any(u.unit in units and not u.stale and u.owner != owner_id() for u in st.rows(status="running"))
+    return bool(plan.busy_until) or any(u.unit in units and not u.stale and u.owner != owner_id() for u in st.rows(status="running"))
 
 # %% ../nbs/91_sweep.ipynb #c9d653c4
 @contextlib.contextmanager
@@ -247,6 +261,19 @@ def _released_on_error(st: StatusTable):
         for r in inflight.values(): st.release(r.unit)
         raise
 
+def _settle(st: StatusTable, r: SweepRun, res: dict, plan: _Plan, alone: bool, poll: float):
+    "Record what a worker gave back for unit `r`."
+    if res["ok"]:
+        st.complete(r.unit, {k: res[k] for k in ("status", "seconds", "metrics")}); plan.busy_until.pop(r.unit, None)
+        logger.info("%s: %s in %.1f s", r.unit, res["status"], res["seconds"])
+    elif res.get("busy"):                                   # another process executes this run: wait for it
+        st.release(r.unit); plan.tried.discard(r.unit); plan.busy_until[r.unit] = time.time() + poll
+    elif res.get("lost") and not alone:                     # a worker died: not necessarily this unit's fault
+        st.release(r.unit); plan.tried.discard(r.unit); plan.suspects.add(r.unit)
+        logger.warning("%s: its worker died (%s); it will run again on its own", r.unit, res["error"])
+    else:
+        st.fail(r.unit, res["error"]); logger.warning("%s failed: %s", r.unit, res["error"].splitlines()[0])
+
 def run_sweep(sweep, retry_failed: bool = False, max_parallel: int|None = None, executor: str|None = None,
               progress: bool = True, poll: float = 1.0) -> SweepResult:
     "Run (or resume) the sweep in a YAML file or a `Sweep`; several processes may run the same sweep at once."
@@ -256,28 +283,26 @@ def run_sweep(sweep, retry_failed: bool = False, max_parallel: int|None = None, 
     if not isinstance(n_par, int) or isinstance(n_par, bool) or n_par < 1:
         raise ConfigError("max_parallel", f"must be a positive integer, got {n_par!r}", "--max-parallel" if max_parallel is not None else sw.source)
     if ex_name not in EXECUTORS: raise ConfigError("executor", f"unknown executor {ex_name!r} (known: {', '.join(EXECUTORS)})")
-    st, home, tried = sw.status, str(paths().home), set()
+    check_environment(KERNEL)
+    st, home, plan = sw.status, str(paths().home), _Plan()
     if sw.source: atomic_write(sw.dir / "sweep.yaml", Path(sw.source).read_text())
     for exp in dict.fromkeys(r.experiment for r in sw.runs): st.add([r.unit for r in sw.runs if r.experiment == exp], group=exp)
-    done = lambda: sum(s in ("completed", "skipped") for s in st.statuses().values())
-    bar = tqdm(total=len(sw.runs), initial=done(), desc=f"sweep {sw.name}", disable=not progress, unit="run")
+    state = st.statuses(); done = lambda s: sum(v in ("completed", "skipped") for v in s.values())
+    n_par = max(1, min(n_par, len(sw.runs) - done(state)))                    # never more workers than runs to do
+    bar = tqdm(total=len(sw.runs), initial=done(state), desc=f"sweep {sw.name}", disable=not progress, unit="run")
     with EXECUTORS[ex_name](n_par, sw.cluster) as ex, _released_on_error(st) as inflight:
         while True:
-            while len(inflight) < n_par and (r := _next_unit(sw, st, tried, retry_failed)) is not None:
+            while len(inflight) < n_par and (r := _next_unit(sw, st, plan, retry_failed, inflight)) is not None:
                 inflight[ex.submit(execute_unit, home, r.experiment, r.params)] = r
             if not inflight:
-                if not _held_elsewhere(sw, st): break
-                time.sleep(poll); bar.n = done(); bar.refresh(); continue      # wait for the other process's units
-            for fut in ex.wait_any(inflight, timeout=poll):
+                if not _held_elsewhere(sw, st, plan): break
+                time.sleep(poll); bar.n = done(st.statuses()); bar.refresh(); continue
+            for fut in ex.wait_any(list(inflight), timeout=poll):
                 r = inflight.pop(fut)
                 try: res = fut.result()
-                except Exception as e: res = {"ok": False, "error": f"worker lost: {type(e).__name__}: {e}"}
-                if res["ok"]:
-                    st.complete(r.unit, {k: res[k] for k in ("status", "seconds", "metrics")})
-                    logger.info("%s: %s in %.1f s", r.unit, res["status"], res["seconds"])
-                elif res.get("busy"): st.release(r.unit)                          # another process is executing it
-                else: st.fail(r.unit, res["error"]); logger.warning("%s failed: %s", r.unit, res["error"].splitlines()[0])
-            bar.n = done(); bar.refresh()
+                except Exception as e: res = {"ok": False, "lost": True, "error": f"worker lost: {type(e).__name__}: {e}"}
+                _settle(st, r, res, plan, alone=r.unit in plan.suspects, poll=poll)   # a suspect runs alone
+            bar.n = done(st.statuses()); bar.refresh()
     bar.close()
     units = {r.unit for r in sw.runs}
     rows = [u for u in st.rows() if u.unit in units]
@@ -305,7 +330,11 @@ def status_report(sweep=None, max_rows: int = 50) -> str:
         root = paths().results / "sweeps"
         names = sorted(p.parent.name for p in root.glob("*/status.sqlite"))
         if not names: return f"no sweeps under {rel_home(root)}"
-        return format_table([{"sweep": n, **StatusTable(root / n / "status.sqlite").counts()} for n in names])
+        def counts(n):
+            rows = StatusTable(root / n / "status.sqlite").rows()
+            c = {s: sum(r.status == s and not r.stale for r in rows) for s in ("pending", "running", "completed", "failed", "skipped")}
+            return {**c, "running (owner gone)": sum(r.stale for r in rows)}
+        return format_table([{"sweep": n, **counts(n)} for n in names])
     rows = sweep_rows(sweep)
     counts = {s: sum(r["status"].split(" ")[0] == s for r in rows) for s in ("pending", "running", "completed", "failed", "skipped")}
     shown = rows if len(rows) <= max_rows else [r for r in rows if r["status"] != "completed"]

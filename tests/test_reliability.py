@@ -158,3 +158,80 @@ def test_concurrent_index_writers_lose_no_row(tmp_path):
     assert [p.wait() for p in ps] == [0, 0]
     lines = (tmp_path / "results" / "e" / "index.csv").read_text().splitlines()
     assert len(lines) == 81 and lines[0] == "run_id,metric.x"
+
+
+def test_a_sweep_waits_for_a_run_another_command_is_executing():
+    with scratch_home((), extra={"t": template("")}) as h:
+        (h / "s.yaml").write_text("name: shared\ntemplate: t\nparams: {pause: 4}\ngrid: {k: [1, 2]}\n")
+        p = subprocess.Popen([*LABNB, "run", "t", "-q", "-p", "k", "1", "-p", "pause", "4"], cwd=h, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: len(executions(h)) == 1, 120, "the run did not start")
+        r = subprocess.run([*LABNB, "sweep", "s.yaml"], cwd=h, capture_output=True, text=True, timeout=300)
+        assert p.wait(120) == 0 and r.returncode == 0, r.stderr
+        rows = StatusTable(h / "results" / "sweeps" / "shared" / "status.sqlite").rows()
+        assert [u.status for u in rows] == ["completed", "completed"] and len(executions(h)) == 2     # k=1 ran once
+
+
+def test_a_worker_killed_fails_only_its_own_unit():
+    body = "if k == 1: os.kill(os.getppid(), 9)   # the out-of-memory killer takes this worker"
+    with scratch_home((), extra={"t": template(body)}) as h:
+        (h / "s.yaml").write_text("name: oom\ntemplate: t\nmax_parallel: 2\nlist: [{k: 1, pause: 1}, {k: 2, pause: 6}, {k: 3, pause: 1}]\n")
+        r = subprocess.run([*LABNB, "sweep", "s.yaml"], cwd=h, capture_output=True, text=True, timeout=600)
+        rows = {u.unit.split("k=")[1][0]: u.status for u in StatusTable(h / "results" / "sweeps" / "oom" / "status.sqlite").rows()}
+        assert r.returncode == 1 and rows == {"1": "failed", "2": "completed", "3": "completed"}, (rows, r.stderr)
+
+
+@pytest.mark.parametrize("text,msg", [
+    (b"template: t\n\xff\xfe: 1\n", "not UTF-8"),
+    (b"template: {a: 1}\n", "template: must be a template name"),
+    (b"name: ../../escape\ntemplate: t\n", "name: must be a plain name"),
+])
+def test_more_bad_sweep_files(text, msg):
+    with scratch_home((), extra={"t": template("")}) as h:
+        f = h / "s.yaml"; f.write_bytes(text)
+        code, err = cli("sweep", str(f))
+        assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+        assert not (h / "escape").exists()
+
+
+def test_env_errors_and_float_literals_before_any_kernel(monkeypatch):
+    with scratch_home((), extra={"t": template("", params="lr: float = 0.1  # a rate\nk: int = 0  # an index\npause: float = 0.0  # s")}) as h:
+        monkeypatch.setenv("LABNB_THREADS", "abc")
+        code, err = cli("run", "t", "-q")
+        assert code == 2 and "LABNB_THREADS: must be a positive integer" in err and not (h / "results" / "t").exists(), err
+        monkeypatch.setenv("LABNB_THREADS", "1")
+        code, err = cli("run", "t", "-q", "-s", "lr=1e-3")          # YAML 1.1 reads 1e-3 as text; it is a float here
+        assert code == 0, err
+
+
+def test_damaged_complete_runs_are_redone_and_a_foreign_index_is_rebuilt():
+    with scratch_home((), extra={"t": template("")}) as h:
+        assert cli("run", "t", "-q", "-p", "k", "1")[0] == 0
+        run_dir = h / executions(h)[0]
+        (run_dir / "metrics.json").write_text('{"k": ')                        # cut short after completion
+        (h / "results" / "t" / "index.csv").write_text("a,b\n1,2\n")            # another tool's file
+        code, err = cli("run", "t", "-q", "-p", "k", "1")
+        assert code == 0 and len(executions(h)) == 2, err
+        assert json.loads((run_dir / "metrics.json").read_text()) == {"k": 1}
+        assert (h / "results" / "t" / "index.csv").read_text().startswith("run_id,")
+        (run_dir / "completed.json").unlink()
+        code, err = cli("promote", str(run_dir), "x")
+        assert code == 2 and "not a complete run" in err
+
+
+def test_cache_entry_computed_once_by_two_processes(tmp_path):
+    code = ("import sys, time, numpy as np\nfrom labnb.store import ArrayCache\n"
+            "def compute():\n    open(sys.argv[1] + '/calls', 'a').write('x'); time.sleep(1); return {'a': np.arange(3)}\n"
+            "print(ArrayCache(sys.argv[1]).get_or_compute('e', {'model_id': 'm'}, compute)['a'].tolist())")
+    ps = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    assert [p.communicate(timeout=120)[0].strip() for p in ps] == ["[0, 1, 2]"] * 2
+    assert (tmp_path / "calls").read_text() == "x"
+
+
+def test_interrupt_is_one_line_and_gives_units_back():
+    with scratch_home((), extra={"t": template("")}) as h:
+        (h / "s.yaml").write_text("name: intr\ntemplate: t\nparams: {pause: 30}\ngrid: {k: [1]}\n")
+        p = subprocess.Popen([*LABNB, "sweep", "s.yaml"], cwd=h, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        wait_for(lambda: len(executions(h)) == 1, 120, "the unit did not start")
+        os.killpg(p.pid, signal.SIGINT); _, err = p.communicate(timeout=60)
+        assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+        assert [u.status for u in StatusTable(h / "results" / "sweeps" / "intr" / "status.sqlite").rows()] == ["pending"]
