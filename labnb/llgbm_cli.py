@@ -68,8 +68,8 @@ def _cmd_evaluate(a):
     return 0
 
 def _cmd_visualize(a):
-    import os
-    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib
+    if matplotlib.get_backend().lower().startswith(("tk", "qt", "gtk", "wx", "macosx")): matplotlib.use("Agg")   # no window for a file
     from labnb.llgbm import visualize
     for p in visualize(Path(a.run_dir), a.type, progress=not a.quiet): print(p)
     return 0

@@ -514,7 +514,7 @@ class ArrayCache:
     "Named entries of arrays + manifest under `root` (default `embeddings/`)."
     def __init__(self, root=None): self.root = Path(root) if root else paths().embeddings
     def entry(self, name: str) -> Path:
-        if not name or name in (".", "..") or "/" in name or "\\" in name: raise ValueError(f"cache entry name {name!r} must be a plain name (no folders)")
+        if not name or Path(name).is_absolute() or ".." in Path(name).parts: raise ValueError(f"cache entry name {name!r} must stay under the cache root (no '..', not absolute)")
         return self.root / name
     def exists(self, name: str) -> bool: return (self.entry(name) / "manifest.json").exists()
     def manifest(self, name: str) -> dict: return read_json(self.entry(name) / "manifest.json")
