@@ -561,7 +561,7 @@ class ArrayCache:
         if self.exists(name):
             try: return self.load(name, manifest, mmap=mmap)
             except (CacheCorrupt, StoreError) as e: logger.warning("recomputing corrupt cache entry %s: %s", name, e)
-        with file_lock(self.root / f".{name}.lock"):          # one process computes; another waits, then loads
+        with file_lock(self.entry(name) / ".lock"):           # one process computes; another waits, then loads
             if self.exists(name):
                 with contextlib.suppress(CacheCorrupt, StoreError): return self.load(name, manifest, mmap=mmap)
             self.save(name, compute(), manifest)
