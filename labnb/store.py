@@ -284,7 +284,7 @@ class StatusTable:
             have = {r[1] for r in c.execute(f"PRAGMA table_info({table})")}
             for col, tp in (("owner", "TEXT"), ("heartbeat", "REAL")):      # tables written by labnb < 0.2
                 if col not in have: c.execute(f"ALTER TABLE {table} ADD COLUMN {col} {tp}")
-            c.execute(f"CREATE INDEX IF NOT EXISTS {table}_status ON {table}(status)")
+            c.execute(f"DROP INDEX IF EXISTS {table}_status")     # an index on 5 values costs every claim more than a scan saves
             c.execute(f"CREATE INDEX IF NOT EXISTS {table}_grp ON {table}(grp)")
     @property
     def con(self) -> sqlite3.Connection: return connect(self._where)
