@@ -393,7 +393,9 @@ SHARED_PREFIX_ARCHS = {"llama", "qwen2", "qwen3", "mistral", "mixtral", "phi3", 
 def attend_shared_prefix(model):
     "Route attention through `shared_prefix_attention` for the duration (the caches given must hold `SharedPrefixLayer`s)."
     from transformers import AttentionInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     AttentionInterface.register("labnb_shared_prefix", shared_prefix_attention)
+    ALL_ATTENTION_FUNCTIONS["labnb_shared_prefix"] = shared_prefix_attention   # over any wrapper another library put on it (kvpress wraps every registered function on import)
     cfg = model.config
     old = cfg._attn_implementation
     cfg._attn_implementation = "labnb_shared_prefix"

@@ -284,3 +284,19 @@ def test_spec_contract(tmp_path, monkeypatch):
     class NoSpec(torch.nn.Module):                                      # an architecture without a ModelSpec
         def __init__(self): super().__init__(); self.blocks = torch.nn.ModuleList([torch.nn.Linear(2, 2) for _ in range(3)])
     assert fq.expected_layers(NoSpec()) == [0, 1, 2] and fq.expected_layers(model) == [0, 1]
+
+
+def test_suffix_patching_survives_a_library_that_wraps_attention_functions():
+    "kvpress wraps every registered attention function when imported; the FV fast path must not run through its wrapper."
+    import subprocess, sys
+    code = """import torch
+from labnb.models import tiny_model, model_spec
+from labnb.fv import patched_probs
+m, t = tiny_model("llama"); spec = model_spec(m)
+ids = list(range(5, 25)); mean = torch.randn(spec.n_layers, spec.n_heads, spec.d_head, generator=torch.Generator().manual_seed(0))
+a = patched_probs(m, spec, ids, 7, mean, method="suffix")
+import kvpress
+b = patched_probs(m, spec, ids, 7, mean, method="suffix"); c = patched_probs(m, spec, ids, 7, mean, method="sequential")
+assert torch.allclose(a, b) and (b - c).abs().max() < 1e-6, (a, b, c)"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
