@@ -477,7 +477,7 @@ def plot_qid(qd: Path):
 # %% ../nbs/21_fv_qwise.ipynb #5a3e0c12
 RESULT_RTOL, RESULT_ATOL = 1e-5, 1e-8
 VOLATILE_KEYS = frozenset({"seconds", "attempts", "started", "finished", "updated", "time",      # durations, retries
-                           "git", "host", "platform", "python", "versions"})                     # provenance
+                           "git", "host", "platform", "python", "versions", "threads"})                     # provenance
 
 def _is_real(x) -> bool: return isinstance(x, (int, float)) and not isinstance(x, bool)
 

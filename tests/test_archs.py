@@ -261,7 +261,11 @@ def test_gguf_dequantized_model_loads_in_bf16():
 def test_device_choice(monkeypatch):
     from labnb.core import ConfigError, default_device, default_dtype, resolve_dtype
     monkeypatch.setenv("LABNB_DEVICE", "cpu"); assert default_device() == "cpu"
-    monkeypatch.setenv("LABNB_DEVICE", "cuda:1"); assert default_device() == "cuda:1" and default_dtype() == torch.bfloat16
+    monkeypatch.setenv("LABNB_DEVICE", "cuda:1")
+    if torch.cuda.device_count() > 1: assert default_device() == "cuda:1" and default_dtype() == torch.bfloat16
+    else: pytest.raises(ConfigError, default_device)             # a device this machine does not have is refused at once
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True); monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert default_device() == "cuda:1" and default_dtype() == torch.bfloat16
     monkeypatch.setenv("LABNB_DEVICE", "gpu"); pytest.raises(ConfigError, default_device)
     monkeypatch.setenv("LABNB_DEVICE", "cpu"); monkeypatch.setenv("LABNB_DTYPE", "fp16"); assert default_dtype() == torch.float16
     assert resolve_dtype("bf16") == torch.bfloat16
