@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import Config, ConfigError, deep_merge, from_dict, logger, parse_overrides, paths, read_yaml, resolve_env
+from .core import Config, ConfigError, config_file as core_config_file, deep_merge, from_dict, logger, parse_overrides, paths, read_yaml, resolve_env
 from .store import RunFolder, StatusTable, atomic_write, atomic_write_json
 from .bandit import (ALGORITHMS, BanditConfig, cached_reference, features_hash, file_lock, model_grid, run_bandit, standardize,
                      summarize, trajectory)
@@ -82,13 +82,7 @@ def config_dir() -> Path: return paths().home / "configs" / "bandit"
 
 def config_file(config: str|Path) -> Path:
     "A YAML path, or the name of a file in `configs/bandit/`."
-    p = Path(config)
-    if p.suffix in (".yaml", ".yml"): return p
-    f = config_dir() / f"{config}.yaml"
-    if not f.is_file():
-        known = sorted(x.stem for x in config_dir().glob("*.yaml"))
-        raise ConfigError("<config>", f"no bandit config {str(config)!r} (known: {', '.join(known) or 'none'})", str(f))
-    return f
+    return core_config_file("bandit", config)
 
 def _message(e: ConfigError) -> str:
     msg = str(e)[len(e.key) + 2:]
