@@ -11,7 +11,7 @@ import os, subprocess, sys, time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import interleave, load, write
+from common import load, write
 
 import torch
 
@@ -37,14 +37,17 @@ def workloads() -> dict:
     return {"embeddings": embeddings, "fv": fv, "kv": kv}
 
 
-def policies(work) -> dict:
-    def fixed(n):
-        def f(): torch.set_num_threads(n); work()
-        return f
-    def auto():
-        os.environ.pop("LABNB_THREADS", None); chosen.append(set_threads()["n"]); work()
-    chosen = []
-    return {"1 thread": fixed(1), "2 threads": fixed(2), "auto": auto}, chosen
+def timed_policies(work, reps: int) -> tuple[dict, list]:
+    "Interleaved (1, 2, auto, 1, 2, auto, ...); auto chooses with `set_threads()` before each timing, as a run does once at its start (the choice itself, a 0.25 s look at /proc/stat, is not timed)."
+    import statistics
+    times, chosen = {"1 thread": [], "2 threads": [], "auto": []}, []
+    work()                                                           # warm-up
+    for _ in range(reps):
+        for k in times:
+            if k == "auto": os.environ.pop("LABNB_THREADS", None); chosen.append(set_threads()["n"])
+            else: torch.set_num_threads(1 if k == "1 thread" else 2)
+            t = time.perf_counter(); work(); times[k].append(time.perf_counter() - t)
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "reps": reps} for k, v in times.items()}, chosen
 
 
 def condition(name: str, works: dict) -> dict:
@@ -53,8 +56,7 @@ def condition(name: str, works: dict) -> dict:
         if hog: time.sleep(1.0)
         out = {"loadavg_start": load()}
         for w, fn in works.items():
-            pol, chosen = policies(fn)
-            t = interleave(pol, REPS)
+            t, chosen = timed_policies(fn, REPS)
             one = t["1 thread"]["median_s"]
             out[w] = {**{k: {kk: round(vv, 4) if isinstance(vv, float) else vv for kk, vv in v.items()} for k, v in t.items()},
                       "auto_threads_chosen": sorted(set(chosen)), "auto_over_1_thread": round(t["auto"]["median_s"] / one, 3),
