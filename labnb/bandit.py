@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['ALGORITHMS', 'GRIDS', 'standardize', 'BanditConfig', 'LinUCB', 'RandomSearch', 'EpsilonGreedy', 'make_policy',
            'synthetic_problem', 'run_synthetic', 'EventLog', 'features_hash', 'progress_table', 'run_bandit',
-           'file_lock', 'brute_force', 'cached_reference', 'trajectory', 'summarize', 'random_search_hit', 'replay',
+           'brute_force', 'cached_reference', 'trajectory', 'summarize', 'random_search_hit', 'replay',
            'reward_heatmap', 'metric_scatter', 'picks_plot', 'Grid', 'model_grid']
 
 # %% ../nbs/15_bandit.ipynb #2d72b383
@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .core import Config, ConfigError, logger, now_iso
-from .store import atomic_write
+from .store import atomic_write, file_lock
 
 # %% ../nbs/15_bandit.ipynb #55056fa5
 def standardize(df: pd.DataFrame, columns: Sequence[str]) -> tuple[np.ndarray, dict]:
@@ -166,18 +166,6 @@ def run_bandit(arm_ids: Sequence[str], X: np.ndarray, reward_fn: Callable[[str],
     A second process on the same log waits for the first (a lock file beside the log), then finds its pulls done."""
     with file_lock(Path(log_path).with_name(Path(log_path).name + ".lock")):
         return _run_bandit(arm_ids, X, reward_fn, cfg, log_path, standardization, progress, progress_path)
-
-@contextlib.contextmanager
-def file_lock(lock_path):
-    "Hold an exclusive lock on `lock_path` (created if missing); another process waits. The kernel drops it if the holder dies."
-    import fcntl
-    lock = Path(lock_path); lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as f:
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("waiting for another process holding %s", lock); fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
 
 def _run_bandit(arm_ids, X, reward_fn, cfg, log_path, standardization, progress, progress_path) -> pd.DataFrame:
     from tqdm.auto import tqdm

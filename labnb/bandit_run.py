@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from .core import Config, ConfigError, config_file as core_config_file, deep_merge, from_dict, logger, parse_overrides, paths, read_yaml, resolve_env
-from .store import RunFolder, StatusTable, atomic_write, atomic_write_json
-from .bandit import (ALGORITHMS, BanditConfig, cached_reference, features_hash, file_lock, model_grid, run_bandit, standardize,
+from .store import RunFolder, StatusTable, atomic_write, atomic_write_json, file_lock
+from .bandit import (ALGORITHMS, BanditConfig, cached_reference, features_hash, model_grid, run_bandit, standardize,
                      summarize, trajectory)
 from .rewards import ArmRewards, RewardConfig, cached_corpus
 from .repmetrics import METRICS, cached_layer_metrics, metric_definitions

@@ -16,7 +16,7 @@ from fastcore.basics import patch
 
 from .core import logger
 from .data import DataError
-from .store import _jsonable
+from .store import jsonable as _jsonable, owner_alive as store_owner_alive, owner_id
 
 # %% ../nbs/30_kv_store.ipynb #bbe6d740
 SCHEMA_VERSION = 3
@@ -275,28 +275,14 @@ def request_counts(self: KVStore, run_id: str) -> dict:
 # %% ../nbs/30_kv_store.ipynb #6d7acf31
 LEASE_S = 30.0       # a running request's lease; its owner renews it every LEASE_S / 3 while it runs
 
-def _proc_stat(pid: int) -> list[str]|None:
-    "Fields of /proc/<pid>/stat after the command name (state first), or None where there is no /proc."
-    try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError): return None
-
 def process_owner() -> str:
-    "`host:pid:start` of this process (the start time tells a reused pid from the original process)."
-    st = _proc_stat(os.getpid())
-    return f"{socket.gethostname()}:{os.getpid()}:{st[19] if st else ''}"
+    "`host:pid:start` of this process: `labnb.store.owner_id`, the one owner identity of every store."
+    return owner_id()
 
 def owner_alive(owner: str|None) -> bool|None:
     "Is the process `owner` running? None when it runs on another host (then only its lease tells)."
-    if not owner: return False
-    try: host, pid, start = owner.rsplit(":", 2); pid = int(pid)
-    except ValueError: return False
-    if host != socket.gethostname(): return None
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: pass
-    st = _proc_stat(pid)
-    if st is None: return True
-    return st[0] not in ("Z", "X") and (not start or st[19] == start)   # a zombie is dead; another start time: pid reused
+    if owner and owner.split(":")[0] != socket.gethostname(): return None
+    return store_owner_alive(owner)
 
 # %% ../nbs/30_kv_store.ipynb #a75f9ede
 def _stale(owner: str|None, lease_until: float|None, me: str, now: float) -> bool:

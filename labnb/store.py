@@ -252,6 +252,11 @@ def _proc_start(pid: int) -> str:
     try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
     except (OSError, IndexError): return ""
 
+def _proc_state(pid: int) -> str:
+    "State letter of process `pid` ('' where /proc is absent)."
+    try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError): return ""
+
 @functools.lru_cache(maxsize=None)
 def _owner_for(pid: int) -> str: return f"{socket.gethostname()}:{pid}:{_proc_start(pid)}"
 
@@ -264,7 +269,7 @@ def owner_alive(owner: str|None, heartbeat: float|None = None, now: float|None =
     if not owner: return False
     host, pid, start = (owner.split(":") + ["", ""])[:3]
     if host != socket.gethostname(): return heartbeat is not None and (now or time.time()) - heartbeat < LEASE_SECONDS
-    if not pid.isdigit() or not pid_alive(int(pid)): return False
+    if not pid.isdigit() or not pid_alive(int(pid)) or _proc_state(int(pid)) in ("Z", "X"): return False   # a zombie is dead
     return not start or _proc_start(int(pid)) == start
 
 # %% ../nbs/01_store.ipynb #8731969d
