@@ -10,7 +10,7 @@ __all__ = ['ARCHS', 'V_LAYOUTS', 'CONFIG_VARIANTS', 'PART_NAMES', 'V_LAYOUT_OF',
            'row_bytes', 'auto_batch_size']
 
 # %% ../nbs/02_models.ipynb #e5835640
-import contextlib, fcntl, hashlib, importlib.util, json, os, shutil, tempfile, warnings
+import contextlib, hashlib, importlib.util, json, os, shutil, tempfile, warnings
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .core import ConfigError, paths, default_device, default_dtype, resolve_dtype, logger
+from .store import file_lock
 
 # %% ../nbs/02_models.ipynb #3ed5486f
 @dataclass(frozen=True)
@@ -358,14 +359,6 @@ def spm_bpe_tokenizer(folder, name: str|None = None, bos: str|None = "<bos>"):
     return tok
 
 # %% ../nbs/02_models.ipynb #f15b62dd
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
-
 def _auto_cls(kind: str):
     from transformers import AutoModelForCausalLM, AutoModel
     return {"causal": AutoModelForCausalLM, "encoder": AutoModel}[kind]
@@ -375,7 +368,7 @@ def dequantized_dir(name: str) -> Path:
     om = OFFLINE_MODELS[name]
     out = paths().models / name
     if (out / "config.json").exists(): return out
-    with _file_lock(paths().models / f".{name}.lock"):
+    with file_lock(paths().models / f".{name}.lock"):
         if (out / "config.json").exists(): return out
         from transformers import AutoTokenizer
         folder = package_dir(om.package) / om.subdir
