@@ -159,7 +159,7 @@ SCRIPTS = {
     "garbage_json": (lambda c, stop: c.sendall(_head("application/json") + b"{nope"), "BAD_RESPONSE"),
     "chunk_not_object": (lambda c, stop: c.sendall(_head() + b"data: [1, 2]\n\ndata: 5\n\n"), "BAD_RESPONSE"),
     "wrong_content_type": (lambda c, stop: c.sendall(_head("text/html") + b"<html>hi</html>"), "BAD_RESPONSE"),
-    "truncated_stream": (lambda c, stop: c.sendall(_head() + b'data: {"choices": [{"delta": {"content": "4"}}]}\n\n'), "BAD_RESPONSE"),
+    "truncated_stream": (lambda c, stop: c.sendall(_head() + b'data: {"choices": [{"delta": {"content": "4"}}]}\n\n'), ("BAD_RESPONSE", "CONNECTION")),
     "choices_wrong_shape": (lambda c, stop: c.sendall(_head() + b'data: {"choices": "x"}\n\ndata: [DONE]\n\n'), "BAD_RESPONSE"),
     "huge_body": (lambda c, stop: [c.sendall(_head() + b"data: ") if i == 0 else c.sendall(b"x" * (1 << 20))
                                    for i in range(12) if not stop.is_set()], "BAD_RESPONSE"),
@@ -178,9 +178,10 @@ def test_client_survives_hostile_server(name):
         res = eng.generate(GenRequest("c", "q"), on_failure=lambda **kw: fails.append(kw))
         took = time.monotonic() - t0
         eng.close()
-    assert res.error_type == expected, (name, res)
+    expected = (expected,) if isinstance(expected, str) else expected     # a cut stream may end in FIN or RST
+    assert res.error_type in expected, (name, res)
     if name == "huge_body": assert "larger than" in res.error or "longer than" in res.error, res.error   # size caps, not a hang
-    assert fails and fails[-1]["final"] and all(f["error_type"] == expected for f in fails)
+    assert fails and fails[-1]["final"] and all(f["error_type"] in expected for f in fails)
     assert took < 2 * (1.0 + 1.0) + 2, took                          # two attempts, each bounded by ~timeout_s
 
 
