@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .core import Config, ConfigError, logger, now_iso
+from .core import styled, Config, ConfigError, logger, now_iso
 from .store import atomic_write, file_lock
 
 # %% ../nbs/15_bandit.ipynb #55056fa5
@@ -269,6 +269,7 @@ def replay(arm_ids: Sequence[str], X: np.ndarray, brute: pd.DataFrame, alphas: S
     return pd.DataFrame(rows)
 
 # %% ../nbs/15_bandit.ipynb #93da9a61
+@styled
 def reward_heatmap(brute: pd.DataFrame, arms: pd.DataFrame, ax=None, picks: pd.DataFrame|None = None, title: str = ""):
     "Reward over (checkpoint, layer); `arms` maps `arm` to `checkpoint`, `layer`; `picks` numbers the bandit's pulls."
     import matplotlib.pyplot as plt, seaborn as sns
@@ -281,13 +282,14 @@ def reward_heatmap(brute: pd.DataFrame, arms: pd.DataFrame, ax=None, picks: pd.D
         pos = {(c, l): (j, i) for i, c in enumerate(grid.index) for j, l in enumerate(grid.columns)}
         for _, p in picks.merge(arms, on="arm").iterrows():
             j, i = pos[(p.checkpoint, p.layer)]
-            ax.text(j + 0.5, i + 0.5, str(int(p.t) + 1), ha="center", va="center", color="white", fontsize=8, weight="bold")
+            ax.text(j + 0.5, i + 0.5, str(int(p.t) + 1), ha="center", va="center", color="white", fontsize=9, weight="bold")
     best = df.loc[df.reward.idxmax()]
     j, i = list(grid.columns).index(best.layer), list(grid.index).index(best.checkpoint)
     ax.add_patch(plt.Rectangle((j, i), 1, 1, fill=False, ec="red", lw=2))
     ax.set_title(title or "reward per arm (red: brute-force best; numbers: bandit pull order)")
     return ax
 
+@styled
 def metric_scatter(features: pd.DataFrame, brute: pd.DataFrame, metrics: Sequence[str]):
     "One panel per metric: metric value vs reward over all arms, with Spearman's ρ."
     import matplotlib.pyplot as plt
@@ -298,11 +300,12 @@ def metric_scatter(features: pd.DataFrame, brute: pd.DataFrame, metrics: Sequenc
     for ax, m in zip(axes.flat, metrics):
         ax.scatter(df[m], df.reward, s=14, c=df.get("layer", None), cmap="plasma")
         rho = spearmanr(df[m], df.reward)[0]
-        ax.set_title(f"{m} (ρ={rho:+.2f})", fontsize=9); ax.set_xlabel(m, fontsize=8); ax.set_ylabel("reward", fontsize=8)
+        ax.set_title(f"{m} (ρ={rho:+.2f})", fontsize=9); ax.set_xlabel(m, fontsize=9); ax.set_ylabel("reward", fontsize=9)
     for ax in list(axes.flat)[n:]: ax.axis("off")
     fig.tight_layout()
     return fig
 
+@styled
 def picks_plot(tr: pd.DataFrame, brute: pd.DataFrame, ax=None):
     "The bandit's reward per pull, its best so far, and the brute-force best (dashed)."
     import matplotlib.pyplot as plt
@@ -310,7 +313,7 @@ def picks_plot(tr: pd.DataFrame, brute: pd.DataFrame, ax=None):
     ax.plot(tr.t + 1, tr.reward, "o", label="pulled arm")
     ax.step(tr.t + 1, tr.best_so_far, where="post", label="best so far")
     ax.axhline(brute.reward.max(), ls="--", c="k", label="brute-force best")
-    ax.set_xlabel("evaluation"); ax.set_ylabel("reward"); ax.legend(fontsize=8)
+    ax.set_xlabel("evaluation"); ax.set_ylabel("reward"); ax.legend(fontsize=9)
     return ax
 
 # %% ../nbs/15_bandit.ipynb #ec964b8d

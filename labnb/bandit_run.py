@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import Config, ConfigError, config_file as core_config_file, deep_merge, from_dict, logger, parse_overrides, paths, read_yaml, resolve_env
+from .core import styled, Config, ConfigError, config_file as core_config_file, deep_merge, from_dict, logger, parse_overrides, paths, read_yaml, resolve_env
 from .store import RunFolder, StatusTable, atomic_write, atomic_write_json, file_lock
 from .bandit import (ALGORITHMS, BanditConfig, cached_reference, features_hash, model_grid, run_bandit, standardize,
                      summarize, trajectory)
@@ -185,6 +185,7 @@ def _run_layer_bandit(cfg: LayerBanditConfig, out: Path, progress: bool) -> Band
     return BanditRun(cfg, out, feats, X, rewards, bcfg, pulls, ref, reward_sd, summary)
 
 # %% ../nbs/16_bandit_run.ipynb #df693610
+@styled
 def bandit_figures(res: BanditRun, show: bool = False) -> list[Path]:
     "fig_progress.png (reward per evaluation and best so far), fig_heatmap.png (reward per arm; numbers: pull order), fig_metric_vs_reward.png."
     import matplotlib, matplotlib.ticker, matplotlib.pyplot as plt
@@ -197,7 +198,7 @@ def bandit_figures(res: BanditRun, show: bool = False) -> list[Path]:
     if res.reference is not None: ax.axhline(res.reference.reward.max(), ls="--", c="k", label="brute-force best")
     ax.set(xlabel="evaluation", ylabel="reward", title=f"{res.bandit_cfg.algorithm}: {len(p)} of {len(res.feats)} arms evaluated")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.legend(fontsize=8); files.append(res.out / "fig_progress.png"); fig.tight_layout(); fig.savefig(files[-1], dpi=100)
+    ax.legend(fontsize=9); files.append(res.out / "fig_progress.png"); fig.tight_layout(); fig.savefig(files[-1], dpi=100)
     fig, ax = plt.subplots(figsize=(1.5 + 0.7 * res.feats.layer.nunique(), 1.4 + 0.5 * res.feats.checkpoint.nunique()))
     reward_heatmap(scored, arms, ax=ax, picks=p, title="reward per arm" + (" (blank: not evaluated)" if res.reference is None else ""))
     files.append(res.out / "fig_heatmap.png"); fig.tight_layout(); fig.savefig(files[-1], dpi=100)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from fastcore.basics import patch
 
-from .core import paths
+from .core import styled, paths
 from .store import StatusTable
 from .runner import read_index
 from .sweep import sweep_rows
@@ -79,6 +79,7 @@ def _selected(self: Explorer) -> pd.DataFrame:
 def _numeric(s: pd.Series) -> bool: return pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s)
 
 @patch
+@styled
 def figure(self: Explorer, sel: pd.DataFrame|None = None):
     "The plot of the selected runs: mean per x (and colour) as lines, every run as a dot; text parameters on a categorical axis."
     import matplotlib.pyplot as plt
@@ -93,7 +94,7 @@ def figure(self: Explorer, sel: pd.DataFrame|None = None):
         ax.scatter(pos(g[x]), g[m], s=10, color=f"C{i}", alpha=0.5)
     if cats is not None: ax.set_xticks(range(len(cats)), [str(c) for c in cats], rotation=30 if len(cats) > 4 else 0)
     ax.set(xlabel=_label(x), ylabel=_label(m), title=f"{self.experiment}: {len(sel)} runs")
-    if hue and len(sel): ax.legend(fontsize=8)
+    if hue and len(sel): ax.legend(fontsize=9)
     fig.tight_layout()
     return fig
 

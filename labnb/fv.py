@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import Config, ConfigError, paths, logger
+from .core import styled, Config, ConfigError, paths, logger
 from .data import DataError
 from .models import spm_bpe_tokenizer  # moved to labnb.models; kept importable here
 from .store import atomic_path, atomic_write
@@ -503,6 +503,7 @@ def bootstrap_topk(cie: torch.Tensor, k: int, n_boot: int = 200, seed: int = 0) 
             "jaccard_pairwise_mean": float(np.mean(pair)) if pair else 1.0, "topk_frequency": (freq / n_boot).tolist()}
 
 # %% ../nbs/20_fv.ipynb #445a3561
+@styled
 def plot_aie(aie: torch.Tensor, top=(), title: str = "", ax=None):
     "AIE heatmap, layers x heads, with the top heads boxed."
     import matplotlib.pyplot as plt

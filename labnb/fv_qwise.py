@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .core import Config, ConfigError, logger, provenance
+from .core import styled, wilson, Config, ConfigError, logger, provenance
 from fastcore.basics import patch
 from .store import StatusTable, atomic_path, atomic_write, atomic_write_json, read_json, save, clean_tmp
 from .models import model_spec, model_meta
@@ -153,7 +153,8 @@ class QidRun:
     @property
     def mean_heads(self) -> torch.Tensor: return torch.load(self.art / f"stepD_mean_acts/qid_{self.tag}_clean_mean.pt")
 
-def _acc(res: dict) -> dict: return {"acc": float(res["top1"].float().mean()), "p_mean": float(res["p"].mean())}
+def _acc(res: dict) -> dict:
+    return {"acc": float(res["top1"].float().mean()), "p_mean": float(res["p"].mean()), "n": int(res["top1"].numel())}
 
 def run_stage(r: QidRun, name: str, files: tuple[str, ...], fn, log: str|None = None) -> bool:
     "Run `fn(r)` unless the stage's unit is completed and its files exist; completed only once every file is written."
@@ -450,27 +451,37 @@ def run_summary(out_dir) -> pd.DataFrame:
                         "topk_jaccard": boot["jaccard_vs_full_mean"]})
     return pd.DataFrame(out)
 
+@styled
 def plot_layers(qd: Path, ax=None, vectors=("fv", "random")):
     "Accuracy by injection layer for each vector@alpha, with the zero-shot baseline and the clean ICL accuracy."
     import matplotlib.pyplot as plt
-    s = read_json(Path(qd) / ARTIFACTS / SUMMARY_FILE)
+    art = Path(qd) / ARTIFACTS
+    s = read_json(art / SUMMARY_FILE)
+    n = s["baseline"].get("n") or len(read_json(art / "sampled_trials_zeroshot.json")["prompts"])   # older runs: no "n"
     if ax is None: _, ax = plt.subplots(figsize=(6, 3.5))
     keys = [k for k in s["layers"][0] if k != "layer" and k.split("@")[0] in vectors]
+    x = np.array([d["layer"] for d in s["layers"]])
     for k in keys:
-        ax.plot([d["layer"] for d in s["layers"]], [d[k]["acc"] for d in s["layers"]], marker=".",
-                ls="-" if k.startswith("fv") else ":", label=k)
+        acc = np.array([d[k]["acc"] for d in s["layers"]])
+        line, = ax.plot(x, acc, marker=".", ls="-" if k.startswith("fv") else ":", label=k)
+        lo, hi = wilson(np.round(acc * n), n)
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
     ax.axhline(s["baseline"]["acc"], color="k", ls="--", lw=1, label="zero-shot")
     ax.axhline(s["icl"]["clean_acc"], color="g", ls="-.", lw=1, label="few-shot ICL")
-    ax.set_xlabel("injection layer"); ax.set_ylabel("top-1 accuracy"); ax.set_ylim(-0.03, 1.03)
-    ax.set_title(f"{s['q_id']}: vector added at the last token"); ax.legend(fontsize=7, ncol=2)
+    ax.set_xlabel("injection layer"); ax.set_ylabel(f"top-1 accuracy (n={n}, 95% Wilson)"); ax.set_ylim(-0.03, 1.03)
+    ax.set_title(f"{s['q_id']}: vector added at the last token"); ax.legend(fontsize=9, ncol=2)
     return ax
 
+@styled
 def plot_qid(qd: Path):
-    "Heatmap and accuracy-by-layer side by side."
+    "AIE heatmap (drawn from `aie_scores.csv`, top heads boxed) and accuracy by layer with Wilson bands, side by side."
     import matplotlib.pyplot as plt
-    from PIL import Image
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 1.4]})
-    a.imshow(Image.open(Path(qd) / ARTIFACTS / f"aie_heatmap_{Path(qd).name[2:]}.png")); a.axis("off")
+    art = Path(qd) / ARTIFACTS
+    df = pd.read_csv(art / "aie_scores.csv")
+    aie = load_aie(art, int(df["layer"].max()) + 1, int(df["head"].max()) + 1)
+    top = [(h["layer"], h["head"]) for h in read_json(art / "top_heads.json")["heads"]] if (art / "top_heads.json").exists() else ()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1, 1.6]})
+    plot_aie(aie, top, "AIE (Δp), top heads boxed", ax=a)
     plot_layers(qd, b); fig.tight_layout()
     return fig
 

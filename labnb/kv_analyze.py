@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['KEYS', 'SCORE_COLS', 'DROP_TOL', 'CI_RULES', 'BASELINE_PRESSES', 'TASK_METRICS', 'FRAMES', 'chance_level',
-           'results_frame', 'load_results', 'default_curve', 'synthetic_store', 'key_seed', 'bootstrap_ci',
+           'results_frame', 'load_results', 'default_curve', 'synthetic_store', 'key_seed', 'bootstrap_ci', 'mean_ci',
            'bootstrap_diff_ci', 'binom_sf', 'above_chance', 'summarize', 'Transition', 'is_drop', 'detect_transition',
            'detect_transition_ci', 'with_baseline', 'transitions', 'transition_summary', 'focus_plan', 'kv_memory',
            'efficiency', 'plot_accuracy', 'plot_failures', 'plot_latency_memory', 'task_metric', 'AnalysisConfig',
@@ -15,12 +15,13 @@ __all__ = ['KEYS', 'SCORE_COLS', 'DROP_TOL', 'CI_RULES', 'BASELINE_PRESSES', 'TA
 import hashlib, json, math, zlib
 from dataclasses import dataclass, asdict
 from pathlib import Path
+from statistics import NormalDist
 from typing import Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .core import Config, ConfigError, logger
+from .core import Config, ConfigError, logger, styled, wilson
 from .store import atomic_path
 from .kv_score import score_frame, FAILURE_RULES, SCORER_VERSION
 
@@ -148,6 +149,13 @@ def bootstrap_ci(x, level: float = 0.95, n_boot: int = 2000, seed: int = 0, stat
     s = stat(x[idx], axis=1)
     return (float(np.quantile(s, (1 - level) / 2)), float(np.quantile(s, (1 + level) / 2)))
 
+def mean_ci(x, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    "CI of the mean of `x`: the Wilson interval when every value is 0 or 1 (a proportion: honest at 0/n and n/n), else `bootstrap_ci`."
+    x = np.asarray(x, dtype=float); x = x[~np.isnan(x)]
+    if len(x) and np.isin(x, (0.0, 1.0)).all():
+        return wilson(x.sum(), len(x), NormalDist().inv_cdf((1 + level) / 2))
+    return bootstrap_ci(x, level, n_boot, seed)
+
 def bootstrap_diff_ci(a, b, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
     "CI of mean(a) - mean(b); paired when `a` and `b` are Series over the same index (example ids)."
     rng = np.random.default_rng(seed)
@@ -186,7 +194,7 @@ def summarize(res: pd.DataFrame, metrics: Sequence[str] = ("f1", "em", "contains
         r = dict(zip(by, key), n=len(g))
         for m in metrics:
             r[m] = float(g[m].mean())
-            r[f"{m}_lo"], r[f"{m}_hi"] = bootstrap_ci(g[m], level, n_boot, key_seed(seed, m, *key))
+            r[f"{m}_lo"], r[f"{m}_hi"] = mean_ci(g[m], level, n_boot, key_seed(seed, m, *key))
             r[f"{m}_std"] = float(g[m].std()) if g[m].notna().sum() > 1 else math.nan
         r["wrong"] = float(g["wrong"].mean())
         for c in ("latency_s", "ttfb_s", "prompt_tokens", "completion_tokens", "total_tokens"):
@@ -363,6 +371,7 @@ def _bin_label(sm: pd.DataFrame) -> dict:
     t = sm.groupby("bin").agg(lo=("n_tokens_min", "min"), hi=("n_tokens_max", "max"))
     return {b: f"{b}\n{int(r.lo)}-{int(r.hi)}" if pd.notna(r.lo) else str(b) for b, r in t.iterrows()}
 
+@styled
 def plot_accuracy(sm: pd.DataFrame, metric: str = "f1", chance: Mapping|None = None, title: str = ""):
     "Mean `metric` by bin, a line per budget with CI bars, a panel per (task, press); `chance` {bin: level} dashed."
     import matplotlib.pyplot as plt
@@ -380,15 +389,16 @@ def plot_accuracy(sm: pd.DataFrame, metric: str = "f1", chance: Mapping|None = N
             ax.errorbar(db.bin + (i - (len(budgets) - 1) / 2) * 0.04, db[metric], color=color[b], marker="o", capsize=3,
                         yerr=[db[metric] - db[f"{metric}_lo"], db[f"{metric}_hi"] - db[metric]])
         if chance: ax.plot(sorted(chance), [chance[b] for b in sorted(chance)], "k--", lw=1)
-        ax.set_xticks(sorted(labels)); ax.set_xticklabels([labels[b] for b in sorted(labels)], fontsize=8)
+        ax.set_xticks(sorted(labels)); ax.set_xticklabels([labels[b] for b in sorted(labels)], fontsize=9)
         ax.set_title(f"{task} · {press}", fontsize=10); ax.set_xlabel("length bin (tokens)"); ax.set_ylim(-0.03, 1.03)
     axes[0][0].set_ylabel(metric)
     handles = [Line2D([], [], color=color[b], marker="o", label=f"{b:g}") for b in budgets]
     if chance: handles.append(Line2D([], [], color="k", ls="--", label="chance"))
-    axes[0][-1].legend(handles=handles, title="budget", fontsize=8)
+    axes[0][-1].legend(handles=handles, title="budget", fontsize=9)
     if title: fig.suptitle(title)
     fig.tight_layout(); return fig
 
+@styled
 def plot_failures(res: pd.DataFrame, title: str = ""):
     "Fraction of responses per failure class by bin, stacked; a row of panels per press, a column per budget."
     import matplotlib.pyplot as plt
@@ -410,10 +420,11 @@ def plot_failures(res: pd.DataFrame, title: str = ""):
             ax.set_xticks(sorted(g.bin.unique()))
             if i == len(presses) - 1: ax.set_xlabel("bin")
         axes[i][0].set_ylabel("failure rate")
-    if classes: axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1, 1))
+    if classes: axes[0][-1].legend(fontsize=9, loc="upper left", bbox_to_anchor=(1, 1))
     if title: fig.suptitle(title)
     fig.tight_layout(); return fig
 
+@styled
 def plot_latency_memory(res: pd.DataFrame, metric: str = "f1", title: str = ""):
     "Three panels against the budget: p50 latency (p95 dashed), measured KV MiB, and `metric` vs KV MiB (the trade-off)."
     import matplotlib.pyplot as plt
@@ -426,11 +437,11 @@ def plot_latency_memory(res: pd.DataFrame, metric: str = "f1", title: str = ""):
         mem = g.groupby("budget").agg(kv=("kv_cache_bytes", "mean"), acc=(metric, "mean")).sort_index()
         axes[1].plot(mem.index, mem.kv / 2**20, "o-", color=l.get_color())
         axes[2].plot(mem.kv / 2**20, mem.acc, "o-", color=l.get_color())
-        for b, r in mem.iterrows(): axes[2].annotate(f"{b:g}", (r.kv / 2**20, r.acc), fontsize=7)
+        for b, r in mem.iterrows(): axes[2].annotate(f"{b:g}", (r.kv / 2**20, r.acc), fontsize=9)
     axes[0].set(xlabel="budget", ylabel="latency (s): p50, p95 dashed", xscale="log")
     axes[1].set(xlabel="budget", ylabel="KV cache (MiB, mean)", xscale="log")
     axes[2].set(xlabel="KV cache (MiB, mean)", ylabel=metric)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=9)
     if title: fig.suptitle(title)
     fig.tight_layout(); return fig
 

@@ -25,7 +25,7 @@ import torch
 import yaml
 from torch import nn
 
-from .core import (Config, ConfigError, deep_merge, from_dict, load_config, logger, parse_overrides, paths,
+from .core import (styled, Config, ConfigError, deep_merge, from_dict, load_config, logger, parse_overrides, paths,
                         provenance, seed_everything)
 from .store import ArrayCache, StatusTable, atomic_path, atomic_write_json, atomic_write_yaml, file_lock, read_json
 from .lora import (LoraSpec, TeacherConfig, LoraLayout, lora_layout, flatten_lora, unflatten_lora, sum_adapters,
@@ -652,6 +652,7 @@ def delta_silhouette(deltas: np.ndarray, labels: Sequence[str]) -> float:
     if len(set(labels)) < 2 or len(set(labels)) >= len(labels): return float("nan")
     return float(silhouette_score(np.asarray(deltas, np.float64), list(labels), metric="cosine"))
 
+@styled
 def plot_deltas(deltas: np.ndarray, tasks: Sequence[str], domains: Sequence[str], title: str = "", seed: int = 0):
     "PCA and t-SNE of deltas `[n, d]` coloured by `domains` (any grouping: domain, task); returns `(fig, silhouette)`."
     import matplotlib.pyplot as plt, seaborn as sns
@@ -666,13 +667,14 @@ def plot_deltas(deltas: np.ndarray, tasks: Sequence[str], domains: Sequence[str]
     pal = dict(zip(groups, sns.color_palette("tab10" if len(groups) <= 10 else "husl", len(groups))))
     for ax, (name, p) in zip(axes, xs.items()):
         for (px, py), t, d in zip(p, tasks, domains):
-            ax.scatter(px, py, color=pal[d], s=60, label=d); ax.annotate(t.split("/")[-1], (px, py), fontsize=7, alpha=0.8)
+            ax.scatter(px, py, color=pal[d], s=60, label=d); ax.annotate(t.split("/")[-1], (px, py), fontsize=9, alpha=0.8)
         h, l = ax.get_legend_handles_labels(); uniq = dict(zip(l, h))
-        ax.set_title(f"{name} of deltas"); ax.legend(list(uniq.values()), list(uniq.keys()), fontsize=8)
+        ax.set_title(f"{name} of deltas"); ax.legend(list(uniq.values()), list(uniq.keys()), fontsize=9)
     fig.suptitle(f"{title} silhouette (colour groups, cosine) = {sil:.3f}")
     fig.tight_layout()
     return fig, sil
 
+@styled
 def plot_history(hists: dict):
     "Training curves of each loss, one line per preset."
     import matplotlib.pyplot as plt
@@ -683,11 +685,12 @@ def plot_history(hists: dict):
             if d[k].abs().sum() > 0 or k == "lambda": ax.plot(d["step"], d[k], label=name, color=f"C{i}")
     for ax, k in zip(axes, ("weight loss (std. units)", "delta loss (while lambda > 0)", "delta lambda")):
         ax.set_title(k); ax.set_xlabel("step")
-        if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=8)   # (no delta-loss line in a weights-only run)
+        if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=9)   # (no delta-loss line in a weights-only run)
     axes[0].set_yscale("log")
     fig.tight_layout()
     return fig
 
+@styled
 def plot_composition(comp: pd.DataFrame):
     "Delta additivity (cosine) and merged-adapter accuracy per teacher pair."
     import matplotlib.pyplot as plt
@@ -695,10 +698,10 @@ def plot_composition(comp: pd.DataFrame):
     x = np.arange(len(comp))
     a1.bar(x - 0.2, comp["cos_sum_vs_sum_of_deltas"], 0.4, label="cos(delta(A+B), delta A + delta B)")
     a1.bar(x + 0.2, comp["cos_a_b"], 0.4, label="cos(delta A, delta B)")
-    a1.set_xticks(x, comp["pair"], rotation=30, ha="right", fontsize=7); a1.set_ylim(-1, 1.05); a1.legend(fontsize=7)
+    a1.set_xticks(x, comp["pair"], rotation=30, ha="right", fontsize=9); a1.set_ylim(-1, 1.05); a1.legend(fontsize=9)
     acc = np.c_[comp["acc_a_teacher"], comp["acc_a_merged"], comp["acc_b_teacher"], comp["acc_b_merged"]]
     for j, lab in enumerate(["A: teacher", "A: merged", "B: teacher", "B: merged"]): a2.bar(x + (j - 1.5) * 0.2, acc[:, j], 0.2, label=lab)
-    a2.set_xticks(x, comp["pair"], rotation=30, ha="right", fontsize=7); a2.set_ylabel("answer accuracy"); a2.legend(fontsize=7)
+    a2.set_xticks(x, comp["pair"], rotation=30, ha="right", fontsize=9); a2.set_ylabel("answer accuracy"); a2.legend(fontsize=9)
     fig.tight_layout()
     return fig
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .core import Config, ConfigError, logger, seed_everything
+from .core import styled, Config, ConfigError, logger, seed_everything
 from .embeddings import embed_texts
 
 # %% ../nbs/11_rnd.ipynb #f6d3e92e
@@ -459,6 +459,7 @@ def _roc(novel, seen):
     fpr, tpr, _ = roc_curve(y, np.r_[novel, seen])
     return fpr, tpr
 
+@styled
 def analyze_and_visualize(results: dict[int, dict], out, lengths: dict[str, np.ndarray]|None = None,
                           reference: str = "seen", show: bool = False) -> dict:
     "Six figures (fig_*.png) and `analysis.json` of one run's `results` {seed: evaluate(...)}; `lengths` {group: text length per item}."
@@ -480,7 +481,7 @@ def analyze_and_visualize(results: dict[int, dict], out, lengths: dict[str, np.n
     allv = np.concatenate([r0["scores"][g] for g in groups]); pos = allv[allv > 0]
     bins = np.geomspace(pos.min(), pos.max(), 40) if len(pos) else 30
     for g in groups: ax.hist(r0["scores"][g], bins=bins, histtype="step", density=True, lw=1.5, label=g)
-    ax.set(xscale="log" if len(pos) else "linear", xlabel="novelty score", ylabel="density", title=f"novelty scores, seed {seeds[0]}"); ax.legend(fontsize=8)
+    ax.set(xscale="log" if len(pos) else "linear", xlabel="novelty score", ylabel="density", title=f"novelty scores, seed {seeds[0]}"); ax.legend(fontsize=9)
     figs["novelty_hist"] = fig
     fig, ax = plt.subplots(figsize=(6, 3.6)); rho = {}
     for g, n in (lengths or {}).items():
@@ -488,7 +489,7 @@ def analyze_and_visualize(results: dict[int, dict], out, lengths: dict[str, np.n
             ax.scatter(n, r0["scores"][g], s=8, alpha=0.6, label=g); rho[g] = float(spearmanr(n, r0["scores"][g])[0])
     ax.set(xlabel="text length (characters)", ylabel="novelty score", yscale="log",
            title="score vs length: " + ", ".join(f"{g} ρ={v:+.2f}" for g, v in rho.items()) if rho else "score vs length (no lengths given)")
-    if rho: ax.legend(fontsize=8)
+    if rho: ax.legend(fontsize=9)
     figs["score_vs_length"] = fig
     novel = [g for g in groups if g != reference]
     fig, axes = plt.subplots(1, len(novel), figsize=(3.2 * len(novel), 3.2), squeeze=False)
@@ -496,7 +497,7 @@ def analyze_and_visualize(results: dict[int, dict], out, lengths: dict[str, np.n
         for name, sc in [("rnd", r0["scores"])] + [(b, per) for b, per in r0.get("baseline_scores", {}).items()]:
             if g in sc and reference in sc:
                 fpr, tpr = _roc(sc[g], sc[reference]); ax.plot(fpr, tpr, label=f"{name} {auroc(sc[g], sc[reference]):.2f}")
-        ax.plot([0, 1], [0, 1], "k:", lw=0.8); ax.set(title=f"{g} vs {reference}", xlabel="false positive rate"); ax.legend(fontsize=7)
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8); ax.set(title=f"{g} vs {reference}", xlabel="false positive rate"); ax.legend(fontsize=9)
     axes[0][0].set_ylabel("true positive rate")
     figs["roc"] = fig
     t = stats_table(results)
@@ -505,12 +506,13 @@ def analyze_and_visualize(results: dict[int, dict], out, lengths: dict[str, np.n
     for i, (key, d) in enumerate(au.groupby(["method", "group"], sort=False)):
         axes[0].scatter([i] * len(d), d.auroc, s=18); axes[0].errorbar(i, d.auroc.mean(), d.auroc.std(ddof=0), fmt="_k", capsize=4)
     axes[0].set_xticks(range(au.groupby(["method", "group"], sort=False).ngroups),
-                       [f"{m}\n{g}" for m, g in au.groupby(["method", "group"], sort=False).groups], fontsize=7, rotation=45)
-    axes[0].set(ylabel="AUROC vs seen", title="AUROC per seed (bar: mean ± sd)")
+                       [f"{m}\n{g}" for m, g in au.groupby(["method", "group"], sort=False).groups], fontsize=9, rotation=45)
+    axes[0].set(ylabel="AUROC vs seen", ylim=(0, 1.02), title="AUROC per seed (bar: mean ± sd)")
+    axes[0].axhline(0.5, color="grey", ls=":", lw=1)                  # chance
     ra = t[(t.method == "rnd") & (t.group != reference)]
     for i, (g, d) in enumerate(ra.groupby("group", sort=False)):
         axes[1].scatter([i] * len(d), d.ratio, s=18); axes[1].errorbar(i, d.ratio.mean(), d.ratio.std(ddof=0), fmt="_k", capsize=4)
-    axes[1].set_xticks(range(ra.group.nunique()), list(ra.groupby("group", sort=False).groups), fontsize=8)
+    axes[1].set_xticks(range(ra.group.nunique()), list(ra.groupby("group", sort=False).groups), fontsize=9)
     axes[1].set(ylabel="mean score / seen mean", title="RND ratio per seed"); fig.tight_layout()
     figs["seed_spread"] = fig
     fig, ax = plt.subplots(figsize=(5, 4)); pca = {}
@@ -521,7 +523,7 @@ def analyze_and_visualize(results: dict[int, dict], out, lengths: dict[str, np.n
         var = sv ** 2 / max((sv ** 2).sum(), 1e-30); pca = {"explained_variance_ratio": [float(v) for v in var[:2]]}
         for g, e in errs.items():
             p = (e - mu) @ vt[:2].T; ax.scatter(p[:, 0], p[:, 1], s=8, alpha=0.6, label=g)
-        ax.set(xlabel=f"PC1 ({var[0]:.0%})", ylabel=f"PC2 ({var[1]:.0%})" if len(var) > 1 else "PC2"); ax.legend(fontsize=8)
+        ax.set(xlabel=f"PC1 ({var[0]:.0%})", ylabel=f"PC2 ({var[1]:.0%})" if len(var) > 1 else "PC2"); ax.legend(fontsize=9)
     ax.set_title(f"predictor error vectors, seed {seeds[0]}")
     figs["pca"] = fig
     files = []

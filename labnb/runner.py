@@ -285,8 +285,12 @@ def kernel_manager(name: str):
     from jupyter_core.utils import run_sync
     with tempfile.TemporaryDirectory(prefix="labnb-kernel-") as d:
         km = AsyncKernelManager(kernel_name=name, transport="ipc", ip=os.path.join(d, "k"))
+        clients, make_client = [], km.client            # papermill leaves the channels of a client it did not create open
+        km.client = lambda **kw: clients.append(make_client(**kw)) or clients[-1]
         try: yield km
         finally:
+            for kc in clients:
+                with contextlib.suppress(Exception): kc.stop_channels()
             if km.has_kernel:
                 with contextlib.suppress(Exception): run_sync(km.shutdown_kernel)(now=True)
 
@@ -327,9 +331,10 @@ class _Tee:
 
 @contextlib.contextmanager
 def batch_env():
-    "The environment of a batch kernel: plain-text progress bars (`LABNB_BATCH`), updated every 10 s at most."
-    old = {k: os.environ.get(k) for k in ("LABNB_BATCH", "TQDM_MININTERVAL")}
+    "The environment of a batch kernel: plain-text progress bars (`LABNB_BATCH`, at most every 10 s), figures inline whatever `MPLBACKEND` says."
+    old = {k: os.environ.get(k) for k in ("LABNB_BATCH", "TQDM_MININTERVAL", "MPLBACKEND")}
     os.environ["LABNB_BATCH"] = "1"; os.environ.setdefault("TQDM_MININTERVAL", "10")
+    os.environ.pop("MPLBACKEND", None)              # e.g. Agg in a headless shell would keep every figure out of the notebook
     try: yield
     finally:
         for k, v in old.items():

@@ -235,3 +235,15 @@ def test_interrupt_is_one_line_and_gives_units_back():
         os.killpg(p.pid, signal.SIGINT); _, err = p.communicate(timeout=60)
         assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
         assert [u.status for u in StatusTable(h / "results" / "sweeps" / "intr" / "status.sqlite").rows()] == ["pending"]
+
+
+def test_figures_stay_in_the_run_notebook_whatever_mplbackend_says(monkeypatch):
+    "A headless shell often exports MPLBACKEND=Agg; the kernel must still draw inline, and the client leaves no open channels."
+    body = "import matplotlib.pyplot as plt\nplt.plot([0, 1]); plt.show()"
+    with scratch_home((), extra={"t": template(body)}) as h:
+        monkeypatch.setenv("MPLBACKEND", "Agg")
+        code, err = cli("run", "t", "-q")
+        assert code == 0, err
+        nb = next((h / "results" / "t").glob("*/t.ipynb")).read_text()
+        assert "image/png" in nb and "Could not destroy zmq context" not in err
+        assert os.environ["MPLBACKEND"] == "Agg"                      # the caller's environment is given back
