@@ -390,4 +390,5 @@ def wilson(k, n, z: float = 1.959963984540054) -> tuple:
         mid = (p + z**2 / (2 * n)) / den
         half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / den
         lo, hi = np.where(n > 0, np.clip(mid - half, 0, 1), 0.0), np.where(n > 0, np.clip(mid + half, 0, 1), 1.0)
+        lo, hi = np.where(k <= 0, 0.0, lo), np.where(k >= n, 1.0, hi)     # exact at 0/n and n/n (no 1e-17 rounding)
     return (float(lo), float(hi)) if lo.ndim == 0 else (lo, hi)

@@ -217,9 +217,10 @@ def _limitations(a: dict, status: pd.DataFrame, low: set, models: list) -> list[
     out = [f"Sample size: {n} examples per (run, bin); {a['config']['level']:.0%} CIs of the headline metric are "
            f"{np.nanmin(width):.2f}–{np.nanmax(width):.2f} wide (mean {np.nanmean(width):.2f}). Differences smaller than that are not resolved."]
     if sm.n.min() < 10:
-        out.append(f"With as few as {sm.n.min()} examples in a cell the percentile bootstrap under-covers (an all-correct or "
-                   "all-wrong cell gets a zero-width CI), so even a CI-aware transition there is tentative; per-budget rows "
-                   "pooled over bins (first table) are the firmer evidence.")
+        out.append(f"With as few as {sm.n.min()} examples in a cell, CIs are wide: 0/1 metrics get Wilson intervals (never zero "
+                   "width, e.g. [0.57, 1.00] for 5/5), graded ones the percentile bootstrap, which under-covers at this size; "
+                   "the CI-aware transition tests a drop with a paired bootstrap, so a transition in one bin is tentative and "
+                   "per-budget rows pooled over bins (first table) are the firmer evidence.")
     if int(status.missing.sum()) if len(status) else 0:
         out.append(f"PARTIAL: {int(status.missing.sum())} planned requests are missing; cells with fewer examples have wider CIs "
                    "and the missing requests are not a random sample if the run stopped early.")

@@ -146,3 +146,26 @@ def test_report_complete_run(tmp_path):
     assert (tmp_path / "out" / "fig_accuracy_synthetic_kv.png").stat().st_size > 1000
     with pytest.raises(FileNotFoundError, match="missing.sqlite"):
         write_report(tmp_path / "missing.sqlite", tmp_path / "out2")
+
+
+def test_a_new_analysis_version_is_not_served_from_the_stored_analysis(tmp_path, monkeypatch):
+    "The persisted analysis is reused only when scores, config AND the analysis code's version are unchanged."
+    import labnb.kv_analyze as ka
+    st = synthetic_store(tmp_path / "kv.sqlite", n_per_bin=4, bins=2, budgets=(1.0, 0.25))
+    k1 = ka.analysis_key(st, AnalysisConfig(n_boot=100))
+    assert ka.analysis_key(st, AnalysisConfig(n_boot=100)) == k1
+    monkeypatch.setattr(ka, "ANALYSIS_VERSION", ka.ANALYSIS_VERSION + 1)
+    assert ka.analysis_key(st, AnalysisConfig(n_boot=100)) != k1
+
+
+def test_bins_at_0_of_n_and_n_of_n_get_wilson_bars_not_zero_width(tmp_path):
+    "5/5 and 0/5 bins: the CI is Wilson's (never zero width) and the accuracy figure draws it."
+    from labnb.kv_analyze import plot_accuracy
+    curve = lambda task, press, b, budget: 1.0 if budget >= 0.5 else 0.0
+    res = load_results(synthetic_store(tmp_path / "kv.sqlite", n_per_bin=5, bins=2, budgets=(1.0, 0.5, 0.1), curve=curve, fail=0.0))
+    sm = summarize(res, n_boot=200)
+    full, low = sm[sm.budget == 1.0], sm[sm.budget == 0.1]
+    assert (full.contains == 1.0).all() and (low.contains == 0.0).all()
+    assert np.allclose(full.contains_lo, 0.5655, atol=1e-3) and (full.contains_hi == 1.0).all()
+    assert (low.contains_lo == 0.0).all() and np.allclose(low.contains_hi, 0.4345, atol=1e-3)
+    plot_accuracy(sm, "contains")
