@@ -190,7 +190,7 @@ def stage_stepD(r: QidRun):
     tg = r.targets(trials)
     clean = score_prompts(r.model, sp, r.ids(trials, clean_prompt), tg, r.cfg.eval_batch, read_heads=True, read_resid=True)
     mean = clean["heads"].mean(0)                                  # [L, H, d_head]
-    logger.info("clean ICL accuracy %.3f (p %.3f)", *_acc(clean).values())
+    a = _acc(clean); logger.info("clean ICL accuracy %.3f (p %.3f, n %d)", a["acc"], a["p_mean"], a["n"])
     cie, tm = indirect_effects(r.model, sp, r.tok, trials, r.fmt, mean, r.cfg.patch_method, r.cfg.patch_batch, r.progress)
     for m, p, top in zip(tm, clean["p"], clean["top1"]): m.update(p_clean=float(p), top1_clean=bool(top))
     L, H = sp.n_layers, sp.n_heads

@@ -300,3 +300,13 @@ b = patched_probs(m, spec, ids, 7, mean, method="suffix"); c = patched_probs(m, 
 assert torch.allclose(a, b) and (b - c).abs().max() < 1e-6, (a, b, c)"""
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_a_run_logged_at_info_level_completes(tmp_path, caplog):
+    "Every log call of a run formats with its arguments (a run whose logger is at INFO must not fail on a log line)."
+    import logging
+    caplog.set_level(logging.DEBUG, logger="labnb")
+    model, tok = tiny_model("llama")
+    st = run_fv_qwise(model, tok, relation(), tmp_path, CFG, progress=False)
+    assert st["ant"]["status"] == "completed", st["ant"]
+    assert any("clean ICL accuracy" in r.getMessage() for r in caplog.records)
