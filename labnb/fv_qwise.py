@@ -9,8 +9,8 @@ __all__ = ['N_DEMOS', 'TOPK', 'ALPHA', 'N_TRIALS_PER_Q', 'N_EVAL', 'SEED', 'SCOR
            'expected_layers', 'qid_complete', 'stage_log', 'QidRun', 'run_stage', 'stage_trials', 'stage_stepD',
            'load_cie', 'load_aie', 'stage_heatmap', 'stage_stepE', 'eval_rows', 'stage_zeroshot', 'eval_vectors',
            'eval_layer', 'stage_step6', 'stage_summary', 'read_icl', 'best_layers', 'run_qid', 'status_table',
-           'qid_statuses', 'export_status', 'tokenizer_id', 'run_fv_qwise', 'run_summary', 'plot_layers', 'plot_qid',
-           'result_diffs', 'run_diffs']
+           'qid_statuses', 'export_status', 'tokenizer_id', 'run_fv_qwise', 'run_summary', 'layer_accuracy',
+           'plot_layers', 'plot_qid', 'result_diffs', 'run_diffs']
 
 # %% ../nbs/21_fv_qwise.ipynb #3652ef96
 import contextlib, json, logging, math, re, time
@@ -451,21 +451,25 @@ def run_summary(out_dir) -> pd.DataFrame:
                         "topk_jaccard": boot["jaccard_vs_full_mean"]})
     return pd.DataFrame(out)
 
+def layer_accuracy(qd: Path) -> pd.DataFrame:
+    "Step6 accuracy of every vector@alpha at every layer of one q_id: `layer, variant, acc, n, lo, hi` (95% Wilson)."
+    art = Path(qd) / ARTIFACTS
+    s = read_json(art / SUMMARY_FILE)
+    n = s["baseline"].get("n") or len(read_json(art / "sampled_trials_zeroshot.json")["prompts"])   # older runs: no "n"
+    df = pd.DataFrame([{"layer": d["layer"], "variant": k, "acc": v["acc"], "n": n} for d in s["layers"] for k, v in d.items() if k != "layer"])
+    df["lo"], df["hi"] = wilson(np.round(df.acc * n), n)
+    return df
+
 @styled
 def plot_layers(qd: Path, ax=None, vectors=("fv", "random")):
     "Accuracy by injection layer for each vector@alpha, with the zero-shot baseline and the clean ICL accuracy."
     import matplotlib.pyplot as plt
-    art = Path(qd) / ARTIFACTS
-    s = read_json(art / SUMMARY_FILE)
-    n = s["baseline"].get("n") or len(read_json(art / "sampled_trials_zeroshot.json")["prompts"])   # older runs: no "n"
+    s, acc = read_json(Path(qd) / ARTIFACTS / SUMMARY_FILE), layer_accuracy(qd)
+    n = int(acc.n.iloc[0])
     if ax is None: _, ax = plt.subplots(figsize=(6, 3.5))
-    keys = [k for k in s["layers"][0] if k != "layer" and k.split("@")[0] in vectors]
-    x = np.array([d["layer"] for d in s["layers"]])
-    for k in keys:
-        acc = np.array([d[k]["acc"] for d in s["layers"]])
-        line, = ax.plot(x, acc, marker=".", ls="-" if k.startswith("fv") else ":", label=k)
-        lo, hi = wilson(np.round(acc * n), n)
-        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
+    for k, d in acc[acc.variant.str.split("@").str[0].isin(vectors)].groupby("variant", sort=False):
+        line, = ax.plot(d.layer, d.acc, marker=".", ls="-" if k.startswith("fv") else ":", label=k)
+        ax.fill_between(d.layer, d.lo, d.hi, color=line.get_color(), alpha=0.15, lw=0)
     ax.axhline(s["baseline"]["acc"], color="k", ls="--", lw=1, label="zero-shot")
     ax.axhline(s["icl"]["clean_acc"], color="g", ls="-.", lw=1, label="few-shot ICL")
     ax.set_xlabel("injection layer"); ax.set_ylabel(f"top-1 accuracy (n={n}, 95% Wilson)"); ax.set_ylim(-0.03, 1.03)
