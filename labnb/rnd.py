@@ -17,6 +17,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 from torch import nn
 
 from .core import styled, Config, ConfigError, logger, seed_everything
@@ -279,26 +280,30 @@ def _icl_pair(r): return r.input, r.output
 
 PAIR_FIELDS = {"ProblemSolution": _gsm8k_pair, "SentencePair": _sentence_pair, "ICLPair": _icl_pair}
 
-def pair_texts(dataset: str, split: str|None, limit: int) -> tuple[list[str], list[str]]:
-    "(problems, answers) of the first `limit` records of a mirror dataset whose records are pairs."
+def pair_texts(dataset: str, split: str|None, limit: int, start: int = 0) -> tuple[list[str], list[str]]:
+    "(problems, answers) of records `start` to `start + limit` of a mirror dataset whose records are pairs."
     from labnb.data import DataError, get_spec, load_dataset, resolve_file
     spec = get_spec(dataset)
     if spec.kind.__name__ not in PAIR_FIELDS:
         raise DataError(f"dataset {dataset!r} holds {spec.kind.__name__} records, not pairs (pair kinds: {', '.join(PAIR_FIELDS)})")
-    recs = load_dataset(dataset, split, limit=limit)          # an empty file is a DataError naming it
+    recs = load_dataset(dataset, split, limit=start + limit)[start:]   # an empty file is a DataError naming it
     if len(recs) < limit:
         f = resolve_file(spec.files[split or spec.default_split]) if (split or spec.default_split) in spec.files else None
-        raise DataError(f"dataset {dataset!r} split {split!r}: {len(recs)} records, {limit} requested", f)
+        raise DataError(f"dataset {dataset!r} split {split!r}: {len(recs)} records{f' after record {start}' if start else ''}, {limit} requested", f)
     kind = type(recs[0]).__name__
     p, a = zip(*map(PAIR_FIELDS[kind], recs))
     return list(p), list(a)
 
 @dataclass
 class GroupSpec:
-    "One evaluation group: `n` pairs from a dataset split."
+    "One evaluation group: `n` pairs from a dataset split, from record `start` on."
     dataset: str
     split: str|None
     n: int
+    start: int = 0
+    def texts(self) -> tuple[list[str], list[str]]: return pair_texts(self.dataset, self.split, self.n, self.start)
+    @property
+    def label(self) -> str: return f"{self.dataset}:{self.split}[{self.start or ''}:{self.start + self.n}]"
 
 def pair_embeddings(groups: dict[str, GroupSpec], encoder: str, layer: int, pooling: str|None = None,
                     normalize: bool = False, max_length: int = 256, batch_size: int = 32, progress: bool = True,
@@ -306,10 +311,9 @@ def pair_embeddings(groups: dict[str, GroupSpec], encoder: str, layer: int, pool
     "{group: (problem [n, d], answer [n, d])} memory-mapped cached embeddings of each group's pairs at `layer`.\n\n`also_layers` are pooled from the same forward passes and cached for later calls."
     out, layers = {}, (layer, *[l for l in also_layers if l != layer])
     for g, spec in groups.items():
-        p, a = pair_texts(spec.dataset, spec.split, spec.n)
-        ds = f"{spec.dataset}:{spec.split}[:{spec.n}]"
+        p, a = spec.texts()
         out[g] = tuple(embed_texts(encoder, t, layers=layers, pooling=pooling, normalize=normalize, max_length=max_length,
-                                   batch_size=batch_size, dataset=ds, text_field=f, progress=progress)[layer]
+                                   batch_size=batch_size, dataset=spec.label, text_field=f, progress=progress)[layer]
                        for t, f in ((p, "problem"), (a, "answer")))
     return out
 
@@ -342,6 +346,7 @@ class NoveltyExperiment(Config):
     "Data, encoder and seeds of an RND novelty evaluation."
     encoder: str = "minilm"                # key of labnb.embeddings.ENCODERS, or a model folder / hub id
     layer: int = 6                         # hidden-state index (0 = embedding output)
+    also_layers: list[int] = field(default_factory=list)   # pooled from the same forward passes and cached (layer sweeps encode once)
     pooling: str = "mean"
     normalize_embeddings: bool = False     # L2-normalize pooled embeddings
     max_length: int = 256
@@ -350,9 +355,13 @@ class NoveltyExperiment(Config):
     n_train: int = 1000
     heldout_split: str = "test"            # held-out items of the seen domain
     n_heldout: int = 300
-    unseen_dataset: str = "stsb"
+    unseen_dataset: str = "stsb"           # a far domain
     unseen_split: str = "train"
     n_unseen: int = 300
+    near_dataset: str = ""                 # optional near domain, e.g. gsm8k's socratic_test split ('' = none)
+    near_split: str = ""
+    n_near: int = 300
+    near_start: int = 0                    # first record of the near group (skip rows that share items with seen)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     rnd: RNDConfig = field(default_factory=RNDConfig)
     def validate(self):
@@ -360,22 +369,30 @@ class NoveltyExperiment(Config):
         try: encoder_spec(self.encoder)
         except KeyError as e: raise ConfigError("encoder", str(e.args[0]).split(": ", 1)[1]) from None
         if self.pooling not in POOLINGS: raise ConfigError("pooling", f"unknown {self.pooling!r} (known: {', '.join(POOLINGS)})")
-        for k in ("n_train", "n_heldout", "n_unseen"):
+        for k in ("n_train", "n_heldout", "n_unseen", "n_near"):
             if getattr(self, k) < 2: raise ConfigError(k, f"must be >= 2, got {getattr(self, k)}")
+        for k in ("layer", "near_start"):
+            if getattr(self, k) < 0: raise ConfigError(k, f"must be >= 0, got {getattr(self, k)}")
+        if any(l < 0 for l in self.also_layers): raise ConfigError("also_layers", f"layers must be >= 0, got {self.also_layers}")
         if not self.seeds: raise ConfigError("seeds", "need at least one seed")
         if self.train_dataset == self.unseen_dataset: raise ConfigError("unseen_dataset", "must differ from train_dataset")
         from labnb.data import DataError, get_spec
-        for k in ("train_dataset", "unseen_dataset"):
-            try: kind = get_spec(getattr(self, k)).kind.__name__
+        for k in ("train_dataset", "unseen_dataset") + (("near_dataset",) if self.near_dataset else ()):
+            try: spec = get_spec(getattr(self, k))
             except DataError as e: raise ConfigError(k, str(e)) from None
-            if kind not in PAIR_FIELDS: raise ConfigError(k, f"{getattr(self, k)!r} holds {kind} records, not pairs (pair kinds: {', '.join(PAIR_FIELDS)})")
+            if spec.kind.__name__ not in PAIR_FIELDS:
+                raise ConfigError(k, f"{getattr(self, k)!r} holds {spec.kind.__name__} records, not pairs (pair kinds: {', '.join(PAIR_FIELDS)})")
+            if k == "near_dataset" and self.near_split and self.near_split not in spec.files:
+                raise ConfigError("near_split", f"{self.near_dataset!r} has no split {self.near_split!r} (splits: {', '.join(spec.files)})")
     def groups(self) -> dict[str, GroupSpec]:
-        return {"train": GroupSpec(self.train_dataset, self.train_split, self.n_train),
-                "seen": GroupSpec(self.train_dataset, self.heldout_split, self.n_heldout),
-                "unseen": GroupSpec(self.unseen_dataset, self.unseen_split, self.n_unseen)}
+        g = {"train": GroupSpec(self.train_dataset, self.train_split, self.n_train),
+             "seen": GroupSpec(self.train_dataset, self.heldout_split, self.n_heldout),
+             "unseen": GroupSpec(self.unseen_dataset, self.unseen_split, self.n_unseen)}
+        if self.near_dataset: g["near"] = GroupSpec(self.near_dataset, self.near_split or None, self.n_near, self.near_start)
+        return g
     def embeddings(self, progress: bool = True) -> dict:
         return pair_embeddings(self.groups(), self.encoder, self.layer, self.pooling, self.normalize_embeddings,
-                               self.max_length, progress=progress)
+                               self.max_length, progress=progress, also_layers=self.also_layers)
 
 # %% ../nbs/11_rnd.ipynb #6d43cc1a
 def _save_seed(path, res: dict):
@@ -534,3 +551,17 @@ def analyze_and_visualize(results: dict[int, dict], out, lengths: dict[str, np.n
     analysis = {"summary": summarize(results), "length_spearman": rho, "pca": pca, "groups": groups, "seeds": seeds, "figures": files}
     atomic_write_json(out / "analysis.json", analysis)
     return analysis
+
+# %% ../nbs/11_rnd.ipynb #58b86673
+@patch
+def texts(self: NoveltyExperiment) -> dict[str, tuple[list[str], list[str]]]:
+    "{group: (problems, answers)}; a held-out or novel group that shares a problem with `train` or `seen` is a ConfigError."
+    out = {g: s.texts() for g, s in self.groups().items()}
+    field_of = {"seen": "heldout_split", "unseen": "unseen_dataset", "near": "near_start"}
+    for g, (p, _) in out.items():
+        for ref in ("train", "seen"):
+            if g in (ref, "train"): continue
+            shared = set(p) & set(out[ref][0])
+            if shared: raise ConfigError(field_of[g], f"{len(shared)} of the {g} group's problems are also in {ref} "
+                                                      f"({self.groups()[ref].label}), e.g. {min(shared)[:60]!r}")
+    return out

@@ -209,6 +209,30 @@ def test_empty_pair_dataset_is_named_not_a_later_crash(mirror):
     assert "test.jsonl" in str(e) and "1 records, 5 requested" in str(e)
 
 
+def test_near_group_reads_its_own_rows_and_refuses_items_shared_with_seen(mirror):
+    import json
+    from labnb.core import ConfigError
+    from labnb.rnd import NoveltyExperiment, pair_texts
+    row = lambda q, sol: json.dumps({"question": q, "answer": f"{sol}\n#### 1"}) + "\n"
+    gsm = "gsm8k/grade_school_math/data/"
+    mirror({gsm + "train.jsonl": "".join(row(f"train {i}", "s") for i in range(4)),
+            gsm + "test.jsonl": "".join(row(f"test {i}", "s") for i in range(6)),
+            gsm + "test_socratic.jsonl": "".join(row(f"test {i}", "Q? ** s") for i in range(6)),
+            "embed_bench/stsbenchmark/sts-train.csv": "".join(f"g\tf\t2012\t{i}\t3.0\ta {i}\tb {i}\n" for i in range(3))})
+    assert pair_texts("gsm8k", "test", 2, start=3)[0] == ["test 3", "test 4"]
+    e = error_of(lambda: pair_texts("gsm8k", "test", 4, start=3))
+    assert "3 records after record 3, 4 requested" in str(e) and "test.jsonl" in str(e)
+    cfg = dict(n_train=4, n_heldout=3, n_unseen=3, near_dataset="gsm8k", near_split="socratic_test", n_near=3)
+    with pytest.raises(ConfigError, match="near_start: 3 of the near group's problems are also in seen"):
+        NoveltyExperiment(**cfg).texts()
+    t = NoveltyExperiment(**cfg, near_start=3).texts()
+    assert list(t) == ["train", "seen", "unseen", "near"]
+    assert t["near"][0] == ["test 3", "test 4", "test 5"] and t["near"][1][0].startswith("Q? ** s")
+    assert "near" not in NoveltyExperiment(n_train=4).groups()
+    with pytest.raises(ConfigError, match="near_split: 'gsm8k' has no split 'socratic'"):
+        NoveltyExperiment(near_dataset="gsm8k", near_split="socratic")
+
+
 def test_bandit_cli_reports_broken_data_in_one_line(mirror, tmp_path, capsys):
     from labnb.bandit_run import main
     mirror({"embed_bench/sst2/glue_sst2_dev_872.tsv": "sentence\tlabel\ngood\t1\nbad\t7\n"})
