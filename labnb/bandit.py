@@ -5,8 +5,9 @@
 # %% auto #0
 __all__ = ['ALGORITHMS', 'GRIDS', 'standardize', 'BanditConfig', 'LinUCB', 'RandomSearch', 'EpsilonGreedy', 'make_policy',
            'synthetic_problem', 'run_synthetic', 'EventLog', 'features_hash', 'progress_table', 'run_bandit',
-           'brute_force', 'cached_reference', 'trajectory', 'summarize', 'random_search_hit', 'replay',
-           'reward_heatmap', 'metric_scatter', 'picks_plot', 'Grid', 'model_grid']
+           'brute_force', 'cached_reference', 'trajectory', 'summarize', 'random_search_hit', 'replay', 'policy_picks',
+           'metric_picks', 'compare_policies', 'policy_table', 'policy_figure', 'reward_heatmap', 'metric_scatter',
+           'picks_plot', 'Grid', 'model_grid']
 
 # %% ../nbs/15_bandit.ipynb #2d72b383
 import contextlib, hashlib, json, math
@@ -17,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .core import styled, Config, ConfigError, logger, now_iso
+from .core import styled, Config, ConfigError, logger, now_iso, wilson
 from .store import atomic_write, file_lock
 
 # %% ../nbs/15_bandit.ipynb #55056fa5
@@ -267,6 +268,67 @@ def replay(arm_ids: Sequence[str], X: np.ndarray, brute: pd.DataFrame, alphas: S
                 sm = summarize(pulls, brute, sd)
                 rows.append({"alpha": a, "seed": s, **{k: sm[k] for k in ("bandit_best_arm", "gap", "within_sd", "evaluations_to_within_sd", "bandit_best_rank")}})
     return pd.DataFrame(rows)
+
+# %% ../nbs/15_bandit.ipynb #b1650f5d
+def policy_picks(X: np.ndarray, observed: Sequence[float], cfg: BanditConfig) -> list[int]:
+    "Arms a policy pulls, in order, when pulling arm i returns `observed[i]` (an in-memory replay, no event log)."
+    pol = make_policy(X, cfg)
+    for _ in range(min(cfg.budget, len(X))):
+        a, _, _ = pol.choose(); pol.update(a, float(observed[a]))
+    return pol.pulled
+
+def metric_picks(values: Sequence[float], budget: int, sign: float = 1.0) -> list[int]:
+    "The `budget` arms with the highest `sign * values` (ties in arm order)."
+    return list(np.argsort(-sign * np.asarray(values, dtype=float), kind="stable")[:budget])
+
+def compare_policies(X: np.ndarray, rewards: Sequence[float], noise_sd: float, fractions: Sequence[float] = (0.05, 0.1, 0.2, 0.33),
+                     seeds: Sequence[int] = range(20), metrics: dict[str, tuple[Sequence[float], float]]|None = None,
+                     sd: float|None = None, alpha: float = 1.0, epsilon: float = 0.1) -> pd.DataFrame:
+    """One row per (policy, budget fraction, seed): budget, best true reward found, simple regret, within `sd` of the best.
+    Policies: linucb, random, epsilon_greedy, and `metric:<name>` for each `{name: (values, sign)}` of `metrics`."""
+    r = np.asarray(rewards, dtype=float); n = len(r); sd = noise_sd if sd is None else sd
+    rows = []
+    for s in seeds:
+        observed = r + noise_sd * np.random.default_rng([int(s), 104729]).normal(size=n)
+        for f in fractions:
+            budget = max(1, math.floor(f * n))
+            picks = {alg: policy_picks(X, observed, BanditConfig(algorithm=alg, alpha=alpha, epsilon=epsilon, budget=budget, seed=int(s)))
+                     for alg in ("linucb", "random", "epsilon_greedy")}
+            picks |= {f"metric:{m}": metric_picks(v, budget, sign) for m, (v, sign) in (metrics or {}).items()}
+            for p, arms in picks.items():
+                best = r[arms].max()
+                rows.append({"policy": p, "fraction": f, "budget": budget, "seed": int(s), "best_found": float(best),
+                             "simple_regret": float(r.max() - best), "within_sd": bool(r.max() - best <= sd)})
+    return pd.DataFrame(rows)
+
+def policy_table(cmp: pd.DataFrame) -> pd.DataFrame:
+    "Per (policy, fraction): seeds, chance within sd with its Wilson interval, mean simple regret with a 95% t interval."
+    from scipy import stats
+    def one(d):
+        k, n = int(d.within_sd.sum()), len(d); lo, hi = wilson(k, n)
+        m, se = d.simple_regret.mean(), d.simple_regret.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
+        h = stats.t.ppf(0.975, n - 1) * se if n > 1 else float("nan")
+        return pd.Series({"budget": int(d.budget.iloc[0]), "seeds": n, "p_within_sd": k / n, "p_lo": lo, "p_hi": hi,
+                          "regret": m, "regret_lo": m - h, "regret_hi": m + h})
+    return cmp.groupby(["policy", "fraction"], sort=False).apply(one, include_groups=False).reset_index()
+
+# %% ../nbs/15_bandit.ipynb #d644cd77
+@styled
+def policy_figure(tab: pd.DataFrame, title: str = ""):
+    "Chance to land within one sd of the best (Wilson interval) and mean simple regret (95% t interval) against the budget, one line per policy."
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for i, (p, d) in enumerate(tab.groupby("policy", sort=False)):
+        x = 100 * d.fraction
+        for ax, (y, lo, hi) in zip(axes, (("p_within_sd", "p_lo", "p_hi"), ("regret", "regret_lo", "regret_hi"))):
+            ax.plot(x, d[y], "o-", c=f"C{i}", label=p, ms=4); ax.fill_between(x, d[lo], d[hi], color=f"C{i}", alpha=0.15, lw=0)
+    axes[0].set(xlabel="budget (% of arms evaluated)", ylabel="P(best found within 1 sd)", ylim=(-0.02, 1.02))
+    axes[1].set(xlabel="budget (% of arms evaluated)", ylabel="simple regret (reward units)")
+    axes[1].set_ylim(bottom=0)
+    axes[0].legend(fontsize=9)
+    if title: fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/15_bandit.ipynb #93da9a61
 @styled

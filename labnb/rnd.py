@@ -7,8 +7,8 @@ __all__ = ['ACTIVATIONS', 'INPUT_MODES', 'CONTROLS', 'BASELINES', 'PAIR_FIELDS',
            'PairInputs', 'score', 'error_vectors', 'train_rnd', 'calibration_scores', 'calibrate', 'cohens_d', 'auroc',
            'novelty_stats', 'derangement', 'check_differs', 'shuffled_control', 'gaussian_control', 'make_controls',
            'knn_scores', 'mahalanobis_scores', 'pair_texts', 'GroupSpec', 'pair_embeddings', 'evaluate',
-           'NoveltyExperiment', 'run_seeds', 'stats_table', 'summarize', 'curves_table', 'scores_table',
-           'analyze_and_visualize']
+           'NoveltyExperiment', 'run_seeds', 'stats_table', 'summarize', 'curves_table', 'scores_table', 'run_scores',
+           'auroc_ci', 'auroc_table', 'analyze_and_visualize']
 
 # %% ../nbs/11_rnd.ipynb #71eecd8c
 import math
@@ -468,6 +468,44 @@ def scores_table(results: dict[int, dict]):
     import pandas as pd
     return pd.concat([pd.DataFrame({"seed": s, "group": g, "score": v, "calibrated": calibrate(v, r["calib_scores"])})
                       for s, r in results.items() for g, v in r["scores"].items()], ignore_index=True)
+
+# %% ../nbs/11_rnd.ipynb #589056e2
+def run_scores(run) -> dict[int, dict[str, dict[str, np.ndarray]]]:
+    "`{seed: {method: {group: per-item scores}}}` of a run folder made by `run_seeds` (RND and the baselines)."
+    from pathlib import Path
+    out = {}
+    for f in sorted(Path(run).glob("seed_*-*.npz")):
+        d = _load_seed(f)
+        out[int(f.name[len("seed_"):].split("-")[0])] = {"rnd": d["scores"], **d["baseline_scores"]}
+    return out
+
+def auroc_ci(per_seed: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int = 1000, level: float = 0.95,
+             seed: int = 0) -> tuple[float, float, float]:
+    "(mean AUROC over seeds, lower, upper) for `[(novel, seen) per seed]`; the percentile interval resamples items."
+    aucs = [auroc(n, s) for n, s in per_seed]
+    nn, ns = len(per_seed[0][0]), len(per_seed[0][1])
+    rng, boot = np.random.default_rng(seed), np.empty(n_boot)
+    for b in range(n_boot):
+        i, j = rng.integers(0, nn, nn), rng.integers(0, ns, ns)
+        boot[b] = np.mean([auroc(np.asarray(n)[i], np.asarray(s)[j]) for n, s in per_seed])
+    q = (1 - level) / 2
+    return float(np.mean(aucs)), float(np.quantile(boot, q)), float(np.quantile(boot, 1 - q))
+
+def auroc_table(runs: dict, groups: Sequence[str] = ("unseen", "near"), reference: str = "seen", **kw):
+    "One row per (run label, method, group): AUROC mean over seeds, its item-bootstrap interval and the sd over seeds."
+    import pandas as pd
+    rows = []
+    for label, run in runs.items():
+        sc = run_scores(run)
+        methods = list(next(iter(sc.values())))
+        for m in methods:
+            for g in groups:
+                pairs = [(s[m][g], s[m][reference]) for s in sc.values() if g in s[m] and reference in s[m]]
+                if not pairs: continue
+                mean, lo, hi = auroc_ci(pairs, **kw)
+                rows.append({"run": label, "method": m, "group": g, "auroc": mean, "lo": lo, "hi": hi,
+                             "seed_sd": float(np.std([auroc(n, s) for n, s in pairs])), "n_seeds": len(pairs)})
+    return pd.DataFrame(rows)
 
 # %% ../nbs/11_rnd.ipynb #a4a668e2
 def _roc(novel, seen):
