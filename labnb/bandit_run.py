@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .core import styled, Config, ConfigError, config_file as core_config_file, deep_merge, from_dict, logger, parse_overrides, paths, read_yaml, resolve_env
+from .core import styled, Config, ConfigError, config_file as core_config_file, deep_merge, from_dict, load_config, logger, parse_overrides, paths, read_yaml, resolve_env
 from .store import RunFolder, StatusTable, atomic_write, atomic_write_json, file_lock
 from .bandit import (ALGORITHMS, BanditConfig, cached_reference, features_hash, model_grid, run_bandit, standardize,
                      summarize, trajectory)
@@ -228,18 +228,26 @@ def _cmd_run(a) -> int:
     print(json.dumps(res.summary, indent=2, default=str)); print(f"results: {out}")
     return 0
 
-COMMANDS = {"validate": _cmd_validate, "resolve": _cmd_resolve, "run": _cmd_run}
+def _cmd_train(a) -> int:
+    "Train (or resume) the checkpointed model run of a `configs/checkpoints/` config: a grid's time axis (`run:<name>`)."
+    from labnb.checkpoints import TrainConfig, train_run
+    cfg = load_config(TrainConfig, [core_config_file("checkpoints", a.config, "training config")], a.set or ())
+    for rev, p in train_run(cfg, progress=not a.quiet): print(rev, p)
+    print(f"grid: run:{cfg.run}"); return 0
+
+COMMANDS = {"validate": _cmd_validate, "resolve": _cmd_resolve, "run": _cmd_run, "train": _cmd_train}
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="labnb bandit", description="Layer-time bandit: which (checkpoint, layer) embeds best, on a budget.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, h in {"validate": "check a config", "resolve": "print the merged config", "run": "run (or resume) a config"}.items():
+    for name, h in {"validate": "check a config", "resolve": "print the merged config", "run": "run (or resume) a config",
+                    "train": "train (or resume) checkpoints of a model, the grid's time axis"}.items():
         s = sub.add_parser(name, help=h)
-        s.add_argument("config", help="config name in configs/bandit/ or a YAML file")
+        s.add_argument("config", help=f"config name in configs/{'checkpoints' if name == 'train' else 'bandit'}/ or a YAML file")
         s.add_argument("-s", "--set", action="append", metavar="KEY=VALUE", help="dot override, e.g. bandit.algorithm=random (repeatable)")
+        if name in ("run", "train"): s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
         if name == "run":
             s.add_argument("--output", default=None, help="result folder (default: output_dir, else results/layer_bandit/<name>)")
-            s.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return p
 
 def main(argv=None) -> int:

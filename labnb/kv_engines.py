@@ -112,9 +112,8 @@ def cache_bytes(cache) -> int:
                    if t is not None and hasattr(t, "numel")))
 
 def _load(model: str):
-    "(model, tokenizer) for a model name: `tiny-<arch>` is a random tiny model, anything else goes to `load_model`."
-    from labnb.models import load_model, tiny_model
-    if model.startswith("tiny-"): return tiny_model(model.split("-", 1)[1])
+    "(model, tokenizer) for a model reference (`load_model`: offline names, folders, hub ids, `tiny-<arch>`)."
+    from labnb.models import load_model
     return load_model(model)
 
 class TransformersEngine:

@@ -173,7 +173,7 @@ TASKS: dict[str, TaskSpec] = {
 def load_tokenizer(name: str):
     "The tokenizer of a model name (`tiny-*`: the tiny byte-level one; offline names: their local copy)."
     from labnb import models
-    if name.startswith("tiny-"): return models.tiny_tokenizer()
+    if models.tiny_arch(name) is not None: return models.tiny_tokenizer()
     from transformers import AutoTokenizer
     folder = models.resolve_source(name)[0]
     return AutoTokenizer.from_pretrained(folder)

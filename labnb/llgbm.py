@@ -233,8 +233,8 @@ class Context:
 
 def load_base(mc: ModelConfig):
     "(model, tokenizer) of a `ModelConfig`, frozen and in eval mode."
-    from labnb.models import load_model, tiny_model
-    model, tok = tiny_model(mc.name[5:]) if mc.name.startswith("tiny-") else load_model(mc.name, revision=mc.revision)
+    from labnb.models import load_model
+    model, tok = load_model(mc.name, revision=mc.revision)
     for p in model.parameters(): p.requires_grad_(False)
     return model.eval(), tok
 

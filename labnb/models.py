@@ -6,8 +6,8 @@
 __all__ = ['ARCHS', 'V_LAYOUTS', 'CONFIG_VARIANTS', 'PART_NAMES', 'V_LAYOUT_OF', 'CONFIG_KEYS', 'TINY_ARCHS', 'TINY_ALIASES',
            'OFFLINE_MODELS', 'ArchSpec', 'ModelSpec', 'UnsupportedArchitecture', 'detect_layout', 'is_causal',
            'model_spec', 'tiny_tokenizer', 'tiny_model', 'OfflineModel', 'package_dir', 'spm_merges',
-           'spm_bpe_tokenizer', 'dequantized_dir', 'resolve_source', 'load_model', 'model_meta', 'free_memory',
-           'row_bytes', 'auto_batch_size']
+           'spm_bpe_tokenizer', 'dequantized_dir', 'tiny_arch', 'resolve_source', 'load_model', 'model_meta',
+           'free_memory', 'row_bytes', 'auto_batch_size']
 
 # %% ../nbs/02_models.ipynb #e5835640
 import contextlib, hashlib, importlib.util, json, os, shutil, tempfile, warnings
@@ -387,6 +387,18 @@ def dequantized_dir(name: str) -> Path:
     return out
 
 # %% ../nbs/02_models.ipynb #8e4ba583
+def tiny_arch(ref) -> str|None:
+    """The architecture of a tiny random-model reference `tiny-<arch>` (e.g. `tiny-llama`); None for any other reference.
+    The older spellings `tiny:<arch>` and a bare `tiny` (llama) are read with a DeprecationWarning."""
+    ref = str(ref)
+    if ref.startswith("tiny-"): arch = ref[5:]
+    elif ref == "tiny" or ref.startswith("tiny:"):
+        arch = ref[5:] or "llama"
+        warnings.warn(f"model reference {ref!r} is deprecated: write 'tiny-{arch}'", DeprecationWarning, stacklevel=2)
+    else: return None
+    if TINY_ALIASES.get(arch, arch) not in TINY_ARCHS: raise KeyError(f"no tiny config for {arch!r}; known: {', '.join(TINY_ARCHS)}")
+    return arch
+
 def resolve_source(source: str, gguf_file: str|None = None) -> tuple[str|Path, dict, str|None]:
     "(folder or hub id, extra from_pretrained kwargs, offline kind) for a source; `hub:ORG/NAME` is always a hub id."
     if source.startswith("hub:"):
@@ -410,7 +422,9 @@ def resolve_source(source: str, gguf_file: str|None = None) -> tuple[str|Path, d
 
 def load_model(source: str|Path, revision: str|None = None, gguf_file: str|None = None, kind: str|None = None,
                device: str|None = None, dtype=None, **kw):
-    "Load `(model, tokenizer)` from an offline name, hub id (+ revision), local folder or GGUF file; eval mode.\n    `dtype`: fp32, bf16, fp16 or a torch dtype (default: `default_dtype`); `device` defaults to `default_device()`."
+    "Load `(model, tokenizer)` from an offline name, hub id (+ revision), local folder, GGUF file or `tiny-<arch>`; eval mode.\n    `dtype`: fp32, bf16, fp16 or a torch dtype (default: `default_dtype`); `device` defaults to `default_device()`."
+    if (arch := tiny_arch(source)) is not None:     # tiny-<arch>; revision seedN picks the random weights
+        return tiny_model(arch, seed=int(revision[4:]) if revision and revision.startswith("seed") else 0, dtype=dtype)
     from transformers import AutoTokenizer, AutoConfig
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()

@@ -241,3 +241,36 @@ def test_two_workflow_processes_on_one_folder_evaluate_nothing_twice(tmp_path):
     rows = StatusTable(tmp_path / "shared" / "rewards" / "rewards.sqlite").rows()
     assert rows and all(r.status == "completed" and r.attempts == 1 for r in rows), [(r.unit, r.attempts) for r in rows if r.attempts != 1]
     assert len(pd.read_csv(tmp_path / "shared" / "bandit_progress.csv")) == 1
+
+
+@pytest.mark.parametrize("yaml_text,needle", [("objective: mlm\n", "objective: unknown 'mlm'"),
+                                              ("seq_len: 15\nobjective: contrastive\n", "seq_len: contrastive needs an even"),
+                                              ("max_steps: x\n", "max_steps: expected int"),
+                                              ("save_steps: [0, 5]\nmax_steps: 6\n", "save_steps: must include max_steps=6")])
+def test_bad_training_config_exits_2_with_one_line(tmp_path, capsys, yaml_text, needle):
+    f = tmp_path / "bad.yaml"; f.write_text(yaml_text)
+    assert bandit_main(["train", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and str(f) in err, err
+    assert bandit_main(["train", "no-such-run"]) == 2
+    assert "no checkpoints training config 'no-such-run' (known: " in capsys.readouterr().err
+
+
+def test_train_command_continues_a_model_into_a_grid(tmp_path, capsys, monkeypatch):
+    "`labnb bandit train` continues a model contrastively; its checkpoints are a `run:` grid, killed or not."
+    from labnb.bandit import model_grid
+    from labnb.models import tiny_model
+    init = tmp_path / "init"
+    m, tk = tiny_model("bert"); m.save_pretrained(init); tk.save_pretrained(init)
+    f = tmp_path / "c.yaml"
+    f.write_text(f"run: c\ninit: {init}\nobjective: contrastive\nseq_len: 16\nbatch_size: 4\nmax_steps: 4\n"
+                 f"save_steps: [0, 2, 4]\nmax_chars: 20000\nwarmup: 1\nsources: [gsm8k_train]\n")
+    monkeypatch.setenv("LABNB_HOME", str(tmp_path))                     # checkpoints go to <home>/.cache/models/c
+    assert bandit_main(["train", str(f), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == "grid: run:c" and "step4" in out
+    g = model_grid("run:c")
+    assert list(g.checkpoints) == ["step0", "step2", "step4"] and g.baseline == "step4"
+    assert Path(g.checkpoints["step4"]).parent == tmp_path / ".cache" / "models" / "c"
+    m4, _ = g.loader(g.checkpoints["step4"]) if g.loader else __import__("labnb.models").models.load_model(g.checkpoints["step4"])
+    assert any(not torch.equal(a, b) for a, b in zip(m.state_dict().values(), m4.state_dict().values()))
