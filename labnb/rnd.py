@@ -479,17 +479,18 @@ def run_scores(run) -> dict[int, dict[str, dict[str, np.ndarray]]]:
         out[int(f.name[len("seed_"):].split("-")[0])] = {"rnd": d["scores"], **d["baseline_scores"]}
     return out
 
-def auroc_ci(per_seed: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int = 1000, level: float = 0.95,
-             seed: int = 0) -> tuple[float, float, float]:
-    "(mean AUROC over seeds, lower, upper) for `[(novel, seen) per seed]`; the percentile interval resamples items."
-    aucs = [auroc(n, s) for n, s in per_seed]
+def auroc_ci(per_seed: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int = 1000, level: float = 0.95, seed: int = 0,
+             minus: Sequence[tuple[np.ndarray, np.ndarray]]|None = None) -> tuple[float, float, float]:
+    """(mean AUROC over seeds, lower, upper) for `[(novel, seen) per seed]`; the percentile interval resamples items.
+    With `minus` (another method's scores of the same items), the same for the difference of the two mean AUROCs."""
+    def stat(i=None, j=None):
+        m = lambda ps: np.mean([auroc(np.asarray(n)[i] if i is not None else n, np.asarray(s)[j] if j is not None else s) for n, s in ps])
+        return m(per_seed) - (m(minus) if minus is not None else 0.0)
     nn, ns = len(per_seed[0][0]), len(per_seed[0][1])
-    rng, boot = np.random.default_rng(seed), np.empty(n_boot)
-    for b in range(n_boot):
-        i, j = rng.integers(0, nn, nn), rng.integers(0, ns, ns)
-        boot[b] = np.mean([auroc(np.asarray(n)[i], np.asarray(s)[j]) for n, s in per_seed])
+    rng = np.random.default_rng(seed)
+    boot = np.array([stat(rng.integers(0, nn, nn), rng.integers(0, ns, ns)) for _ in range(n_boot)])
     q = (1 - level) / 2
-    return float(np.mean(aucs)), float(np.quantile(boot, q)), float(np.quantile(boot, 1 - q))
+    return float(stat()), float(np.quantile(boot, q)), float(np.quantile(boot, 1 - q))
 
 def auroc_table(runs: dict, groups: Sequence[str] = ("unseen", "near"), reference: str = "seen", **kw):
     "One row per (run label, method, group): AUROC mean over seeds, its item-bootstrap interval and the sd over seeds."

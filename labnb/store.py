@@ -183,10 +183,11 @@ def start(self: RunFolder, params: dict, seeds=None, **extra) -> RunFolder:
 
 @patch
 def finish(self: RunFolder, metrics: dict) -> dict:
-    "Write `metrics.json` and the end time; a run outside the runner is then complete."
+    "Write `metrics.json`, the end time and `cpu_seconds` (CPU time of this process, all threads: for a run made by the runner, its kernel); a run outside the runner is then complete."
     atomic_write_json(self.metrics_file, metrics)
     if self.params_file.exists():
-        p = self.params; p["end_time"] = now_iso(); atomic_write_yaml(self.params_file, p)
+        p = self.params; p["end_time"] = now_iso(); p["cpu_seconds"] = round(time.process_time(), 3)
+        atomic_write_yaml(self.params_file, p)
     if not self.managed: self.mark_complete()
     return metrics
 
