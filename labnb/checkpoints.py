@@ -248,7 +248,7 @@ def train_run(cfg: TrainConfig, root=None, progress: bool = True, stop_after: in
     elif 0 in cfg.save_steps:
         _save_checkpoint(model, tok, opt, sched, 0, float("nan"), cfg, d)
     model.train()
-    losses, t0 = [], time.time()
+    losses, t0, c0 = [], time.time(), time.process_time()
     bar = tqdm(range(start, cfg.max_steps), desc=f"train {cfg.run}", disable=not progress)
     for step in bar:
         x = torch.from_numpy(blocks[batch_indices(len(blocks), cfg.batch_size, step, cfg.seed)]).long()
@@ -262,7 +262,8 @@ def train_run(cfg: TrainConfig, root=None, progress: bool = True, stop_after: in
         if stop_after is not None and step + 1 >= stop_after: return list_checkpoints(cfg.run, root)
     if not (d / "run.json").exists():
         atomic_write_json(d / "run.json", {"config": cfg.to_dict(), "n_blocks": len(blocks), "n_tokens": int(blocks.size),
-                                           "seconds_last_session": time.time() - t0, **provenance(cfg.seed)})
+                                           "seconds_last_session": time.time() - t0,
+                                           "cpu_seconds_last_session": time.process_time() - c0, **provenance(cfg.seed)})
     return list_checkpoints(cfg.run, root)
 
 # %% ../nbs/13_checkpoints.ipynb #7e05b806
