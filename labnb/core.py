@@ -138,7 +138,11 @@ def from_dict(cls, d: dict, source: str|None = None, prefix: str = ""):
     kwargs = {k: coerce(v, hints[k], prefix + k, source) for k, v in d.items()}
     try: return cls(**kwargs)
     except ConfigError as e:
-        if e.source is None and source: raise ConfigError(e.key, str(e).split(": ", 1)[1], source) from None
+        key = e.key if e.key.startswith(prefix) else prefix + e.key       # a nested section's own check names its path
+        if (e.source is None and source) or key != e.key:
+            msg = str(e)[len(e.key) + 2:]
+            if e.source: msg = msg[:-len(f" (in {e.source})")]
+            raise ConfigError(key, msg, e.source or source) from None
         raise
 
 # %% ../nbs/00_core.ipynb #db11a637

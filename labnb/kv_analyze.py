@@ -8,8 +8,8 @@ __all__ = ['KEYS', 'SCORE_COLS', 'DROP_TOL', 'CI_RULES', 'BASELINE_PRESSES', 'TA
            'bootstrap_ci', 'mean_ci', 'bootstrap_diff_ci', 'binom_sf', 'above_chance', 'summarize', 'Transition',
            'is_drop', 'detect_transition', 'detect_transition_ci', 'with_baseline', 'transitions', 'transition_summary',
            'focus_plan', 'kv_memory', 'efficiency', 'plot_accuracy', 'plot_failures', 'plot_latency_memory',
-           'task_metric', 'AnalysisConfig', 'bin_stats_frame', 'full_chance', 'compute_analysis', 'analysis_key',
-           'persist_analysis', 'load_analysis', 'write_outputs', 'analyze']
+           'task_metric', 'bin_stats_frame', 'full_chance', 'compute_analysis', 'analysis_key', 'persist_analysis',
+           'load_analysis', 'write_outputs', 'analyze']
 
 # %% ../nbs/37_kv_analyze.ipynb #576566ce
 import hashlib, json, math, zlib
@@ -23,6 +23,7 @@ import pandas as pd
 
 from .core import Config, ConfigError, logger, styled, wilson
 from .store import atomic_path
+from .kv_config import AnalysisConfig      # the `analyze:` section of an experiment config
 from .kv_score import score_frame, FAILURE_RULES, SCORER_VERSION
 
 # %% ../nbs/37_kv_analyze.ipynb #ba83c268
@@ -452,23 +453,6 @@ def task_metric(task: str, default: str = "f1") -> str:
     "The headline metric of a task: `TASK_METRICS` by exact name, then by prefix, else `default`."
     if task in TASK_METRICS: return TASK_METRICS[task]
     return next((m for k, m in TASK_METRICS.items() if task.startswith(k)), default)
-
-@dataclass
-class AnalysisConfig(Config):
-    "How results are analyzed."
-    metric: str = ""                                   # headline metric for every task; "" = per task from TASK_METRICS
-    threshold: float = 0.1                             # a transition is a drop of at least this (absolute, 1e-9 tolerance)
-    rule: Literal["diff", "overlap"] = "diff"          # CI-aware significance rule
-    level: float = 0.95                                # CI level
-    n_boot: int = 2000                                 # bootstrap resamples
-    seed: int = 0                                      # bootstrap seed
-    target_width: float = 0.2                          # focus_transition: CI width to reach
-    cap: int = 100                                     # focus_transition: max examples per cell
-    def validate(self):
-        if self.metric and self.metric not in ("f1", "em", "contains"):
-            raise ConfigError("metric", f"expected '', 'f1', 'em' or 'contains', got {self.metric!r}")
-        if not 0 < self.level < 1: raise ConfigError("level", f"must be in (0, 1), got {self.level}")
-        if self.n_boot < 100: raise ConfigError("n_boot", f"must be >= 100, got {self.n_boot}")
 
 # %% ../nbs/37_kv_analyze.ipynb #09daaab0
 def bin_stats_frame(sm: pd.DataFrame, metrics: Mapping[str, str]) -> pd.DataFrame:
