@@ -129,6 +129,22 @@ def test_stream_with_invalid_budget_is_refused_before_streaming():
 
 # ---- the client engine against hostile servers ---------------------------------------------------------------------
 
+def _read_request(c) -> bytes:
+    "Read one HTTP request from socket `c`: the head, then `Content-Length` bytes of body."
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        got = c.recv(65536)
+        if not got: return buf
+        buf += got
+    head, _, body = buf.partition(b"\r\n\r\n")
+    n = next((int(l.split(b":", 1)[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")), 0)
+    while len(body) < n:
+        got = c.recv(65536)
+        if not got: break
+        body += got
+    return head + b"\r\n\r\n" + body
+
+
 class RawServer:
     "A loopback server that answers every connection with `script(sock)` (bounded by the test)."
     def __init__(self, script):
@@ -143,7 +159,7 @@ class RawServer:
             threading.Thread(target=self.one, args=(c,), daemon=True).start()
     def one(self, c):
         try:
-            c.settimeout(5); c.recv(65536)
+            c.settimeout(5); _read_request(c)          # all of it: unread bytes would turn our close into an RST
             self.script(c, self.stop)
         except OSError: pass
         finally: c.close()
