@@ -272,5 +272,6 @@ def test_train_command_continues_a_model_into_a_grid(tmp_path, capsys, monkeypat
     g = model_grid("run:c")
     assert list(g.checkpoints) == ["step0", "step2", "step4"] and g.baseline == "step4"
     assert Path(g.checkpoints["step4"]).parent == tmp_path / ".cache" / "models" / "c"
-    m4, _ = g.loader(g.checkpoints["step4"]) if g.loader else __import__("labnb.models").models.load_model(g.checkpoints["step4"])
+    from labnb.models import load_model
+    m4, _ = (g.loader or load_model)(g.checkpoints["step4"])
     assert any(not torch.equal(a, b) for a, b in zip(m.state_dict().values(), m4.state_dict().values()))
