@@ -4,13 +4,13 @@
 
 # %% auto #0
 __all__ = ['RESERVED', 'KERNEL', 'TemplateError', 'ParamError', 'templates', 'find_template', 'Param', 'parse_params',
-           'params_cell', 'template_params', 'parse_cli_value', 'validate_params', 'params_hash', 'make_run_id',
-           'RunFailed', 'RunResult', 'rel_home', 'strip_home', 'index_row', 'index_file', 'upsert_index', 'scan_index',
-           'write_index', 'read_index', 'kernel_manager', 'RunBusy', 'batch_env', 'check_environment', 'run_template',
-           'scratch_home']
+           'params_cell', 'template_params', 'parse_cli_value', 'legacy_value', 'validate_params', 'template_values',
+           'params_hash', 'make_run_id', 'RunFailed', 'RunResult', 'rel_home', 'strip_home', 'index_row', 'index_file',
+           'upsert_index', 'scan_index', 'write_index', 'read_index', 'kernel_manager', 'RunBusy', 'batch_env',
+           'check_environment', 'run_template', 'scratch_home']
 
 # %% ../nbs/90_runner.ipynb #4386edfb
-import ast, contextlib, csv, hashlib, io, json, logging, os, re, shutil, sys, tempfile, time, tokenize, traceback, types
+import ast, contextlib, csv, hashlib, io, json, logging, os, re, shutil, sys, tempfile, time, tokenize, traceback, types, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args, get_origin
@@ -112,6 +112,25 @@ def parse_cli_value(raw: str, tp):
     try: return yaml.safe_load(raw)
     except yaml.YAMLError: return raw
 
+def _is_list(tp) -> bool: return tp in (list, tuple) or get_origin(tp) in (list, tuple)
+def _is_dict(tp) -> bool: return tp is dict or get_origin(tp) is dict
+
+def legacy_value(raw: str, tp, name: str):
+    """The old comma spelling of a list (`1,4`) or mapping (`a=x,b=y`) parameter as a list or dict, read for one release
+    with a `DeprecationWarning`; a YAML list or mapping (`-s 'alphas=[1, 4]'`, or a list in a sweep file) is the spelling."""
+    parts = [p.strip() for p in raw.split(",") if p.strip()]
+    if _is_list(tp):
+        a = (get_args(tp) or (Any,))[0]
+        val = [p if _accepts_str(a) else parse_cli_value(p, a) for p in parts]
+    elif _is_dict(tp):
+        if bad := [p for p in parts if "=" not in p]:
+            raise ParamError(name, f"expected a mapping (YAML, or the old key=value pairs separated by commas), got {bad[0]!r}")
+        val = {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in parts)}
+    else: return raw
+    warnings.warn(f"parameter {name}: a comma-separated string is deprecated, give a YAML {'list' if _is_list(tp) else 'mapping'} "
+                  f"(e.g. -s '{name}={json.dumps(val)}')", DeprecationWarning, stacklevel=3)
+    return val
+
 def validate_params(template: str|Path, given: dict, from_cli: bool = False, spec: dict|None = None) -> dict:
     "Defaults of `template` updated with `given`, type-checked; raises `ParamError` naming the bad parameter."
     path = find_template(template)
@@ -122,10 +141,21 @@ def validate_params(template: str|Path, given: dict, from_cli: bool = False, spe
             raise ParamError(k, f"unknown parameter of template {path.stem} (known: {', '.join(p for p in spec if p not in RESERVED)})", str(path))
     out = {k: p.default for k, p in spec.items() if k not in RESERVED}
     for k, v in given.items():
-        if from_cli and isinstance(v, str): v = parse_cli_value(v, spec[k].type)
+        tp = spec[k].type
+        if isinstance(v, str) and (_is_list(tp) or _is_dict(tp)) and not (from_cli and v.lstrip().startswith(("[", "{"))):
+            v = legacy_value(v, tp, k)
+        elif from_cli and isinstance(v, str): v = parse_cli_value(v, tp)
         try: out[k] = coerce(v, spec[k].type, k)
-        except ConfigError as e: raise ParamError(k, str(e).split(": ", 1)[1] + f" (template {path.stem})", str(path)) from None
+        except ConfigError as e: raise ParamError(e.key, str(e)[len(e.key) + 2:] + f" (template {path.stem})", str(path)) from None
     return out
+
+# %% ../nbs/90_runner.ipynb #7e3f1a01
+def template_values(template: str|Path, namespace: dict) -> dict:
+    """The parameters of `template` as they stand in a running notebook's `namespace`, checked and converted as the
+    runner does (the old comma spelling of lists and mappings too), so a template run by papermill directly gets the
+    same values. A template's first line after its parameters: `globals().update(template_values(EXPERIMENT, globals()))`."""
+    spec = template_params(template)
+    return validate_params(template, {k: namespace[k] for k in spec if k not in RESERVED and k in namespace}, spec=spec)
 
 # %% ../nbs/90_runner.ipynb #e76dde64
 def _fmt(v) -> str:

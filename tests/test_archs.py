@@ -350,7 +350,7 @@ def test_real_fv_qwise_llama31_8b_config():
     assert len(sw.runs) == 1 and sw.runs[0].experiment == "fv_qwise"
     p = sw.runs[0].params
     cfg = FVConfig(n_demos=p["n_demos"], n_trials=p["n_trials"], top_k=p["top_k"], n_eval=p["n_eval"], seed=p["seed"],
-                   alphas=[float(a) for a in p["alphas"].split(",")])
+                   alphas=p["alphas"])
     assert (p["model"], cfg.n_demos, cfg.top_k, cfg.alphas, cfg.n_trials, cfg.n_eval, cfg.seed) == \
            ("hub:meta-llama/Llama-3.1-8B", 9, 20, [1.0], 25, 50, 0)
     spec = FVConfig()                                                   # the library's defaults are the design's constants
