@@ -7,13 +7,13 @@ __all__ = ['logger', 'DTYPES', 'MIN_FONT_PT', 'FIG_RC', 'home', 'plain_progress'
            'coerce', 'from_dict', 'Config', 'resolve_env', 'deep_merge', 'parse_overrides', 'read_yaml', 'load_config',
            'config_file', 'seed_everything', 'default_device', 'resolve_dtype', 'default_dtype', 'git_info',
            'package_versions', 'now_iso', 'provenance', 'thread_info', 'busy_cores', 'pick_threads', 'set_threads',
-           'format_table', 'styled', 'small_texts', 'wilson']
+           'format_table', 'styled', 'small_texts', 'wilson', 'bootstrap_ci']
 
 # %% ../nbs/00_core.ipynb #a2508b30
-import contextlib, dataclasses, datetime, functools, hashlib, json, logging, os, platform, random, re, socket, subprocess, sys, time, types, typing
+import contextlib, dataclasses, datetime, functools, hashlib, json, logging, math, os, platform, random, re, socket, subprocess, sys, time, types, typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Literal, Union, get_args, get_origin, get_type_hints
 
 import numpy as np
 import yaml
@@ -396,3 +396,13 @@ def wilson(k, n, z: float = 1.959963984540054) -> tuple:
         lo, hi = np.where(n > 0, np.clip(mid - half, 0, 1), 0.0), np.where(n > 0, np.clip(mid + half, 0, 1), 1.0)
         lo, hi = np.where(k <= 0, 0.0, lo), np.where(k >= n, 1.0, hi)     # exact at 0/n and n/n (no 1e-17 rounding)
     return (float(lo), float(hi)) if lo.ndim == 0 else (lo, hi)
+
+# %% ../nbs/00_core.ipynb #b0075c11
+def bootstrap_ci(x, level: float = 0.95, n_boot: int = 2000, seed: int = 0, stat: Callable = np.mean) -> tuple[float, float]:
+    "Percentile-bootstrap CI of `stat` over 1-d `x` (NaNs dropped); (nan, nan) when empty."
+    x = np.asarray(x, dtype=float); x = x[~np.isnan(x)]
+    if len(x) == 0: return (math.nan, math.nan)
+    if not 0 < level < 1: raise ValueError(f"level must be in (0, 1), got {level}")
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
+    s = stat(x[idx], axis=1)
+    return (float(np.quantile(s, (1 - level) / 2)), float(np.quantile(s, (1 + level) / 2)))

@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['KEYS', 'SCORE_COLS', 'DROP_TOL', 'CI_RULES', 'BASELINE_PRESSES', 'TASK_METRICS', 'FRAMES', 'ANALYSIS_VERSION',
-           'chance_level', 'results_frame', 'load_results', 'default_curve', 'synthetic_store', 'key_seed',
-           'bootstrap_ci', 'mean_ci', 'bootstrap_diff_ci', 'binom_sf', 'above_chance', 'summarize', 'Transition',
-           'is_drop', 'detect_transition', 'detect_transition_ci', 'with_baseline', 'transitions', 'transition_summary',
-           'focus_plan', 'kv_memory', 'efficiency', 'plot_accuracy', 'plot_failures', 'plot_latency_memory',
-           'task_metric', 'bin_stats_frame', 'full_chance', 'compute_analysis', 'analysis_key', 'persist_analysis',
-           'load_analysis', 'write_outputs', 'analyze']
+           'chance_level', 'results_frame', 'load_results', 'default_curve', 'synthetic_store', 'key_seed', 'mean_ci',
+           'bootstrap_diff_ci', 'binom_sf', 'above_chance', 'summarize', 'Transition', 'is_drop', 'detect_transition',
+           'detect_transition_ci', 'with_baseline', 'transitions', 'transition_summary', 'focus_plan', 'kv_memory',
+           'efficiency', 'plot_accuracy', 'plot_failures', 'plot_latency_memory', 'task_metric', 'bin_stats_frame',
+           'full_chance', 'compute_analysis', 'analysis_key', 'persist_analysis', 'load_analysis', 'write_outputs',
+           'analyze']
 
 # %% ../nbs/37_kv_analyze.ipynb #576566ce
 import hashlib, json, math, zlib
@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Literal, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .core import Config, ConfigError, logger, styled, wilson
+from .core import Config, ConfigError, bootstrap_ci, logger, styled, wilson
 from .store import atomic_path
 from .kv_config import AnalysisConfig      # the `analyze:` section of an experiment config
 from .kv_score import score_frame, FAILURE_RULES, SCORER_VERSION
@@ -140,15 +140,6 @@ def synthetic_store(path, n_per_bin: int = 12, bins: int = 3, budgets: Sequence[
 def key_seed(seed: int, *key) -> int:
     "A seed for one group: stable across processes and independent of group order."
     return (seed * 1_000_003 + zlib.crc32(repr(tuple(str(k) for k in key)).encode())) % 2**32
-
-def bootstrap_ci(x, level: float = 0.95, n_boot: int = 2000, seed: int = 0, stat: Callable = np.mean) -> tuple[float, float]:
-    "Percentile-bootstrap CI of `stat` over 1-d `x` (NaNs dropped); (nan, nan) when empty."
-    x = np.asarray(x, dtype=float); x = x[~np.isnan(x)]
-    if len(x) == 0: return (math.nan, math.nan)
-    if not 0 < level < 1: raise ValueError(f"level must be in (0, 1), got {level}")
-    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
-    s = stat(x[idx], axis=1)
-    return (float(np.quantile(s, (1 - level) / 2)), float(np.quantile(s, (1 + level) / 2)))
 
 def mean_ci(x, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
     "CI of the mean of `x`: the Wilson interval when every value is 0 or 1 (a proportion: honest at 0/n and n/n), else `bootstrap_ci`."
