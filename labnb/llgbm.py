@@ -4,14 +4,15 @@
 
 # %% auto #0
 __all__ = ['EMBEDDERS', 'DEFAULT_TASKS', 'DEFAULT_HELDOUT', 'PRESETS', 'DELTA_ONLY_VARIANTS', 'MIN_PAIRS', 'DELTA_METRICS',
-           'VISUALS', 'example_text', 'task_embeddings', 'describe', 'ModelConfig', 'GeneratorConfig', 'TrainConfig',
-           'ExperimentConfig', 'make_config', 'save_config', 'read_config', 'check_data', 'Context', 'load_base',
-           'setup', 'teacher_root', 'ensure_teachers', 'teacher_table', 'LoraGenerator', 'weight_stats', 'delta_lambda',
-           'delta_distance', 'TeacherData', 'teacher_data', 'new_generator', 'lr_at', 'task_description',
-           'periodic_eval', 'train_generator', 'load_generator', 'generated_adapters', 'mean_teacher', 'deltas_of',
-           'evaluate', 'summary_table', 'faiss_top1', 'retrieval', 'composition', 'train_run', 'evaluate_run',
-           'run_experiment', 'verify_reproducibility', 'delta_silhouette', 'plot_deltas', 'plot_history',
-           'plot_composition', 'verify_setup', 'visualize']
+           'TASK_VECTORS', 'VISUALS', 'example_text', 'task_embeddings', 'describe', 'ModelConfig', 'GeneratorConfig',
+           'TrainConfig', 'ExperimentConfig', 'make_config', 'save_config', 'read_config', 'check_data', 'Context',
+           'load_base', 'setup', 'teacher_root', 'ensure_teachers', 'teacher_table', 'LoraGenerator', 'weight_stats',
+           'delta_lambda', 'delta_distance', 'TeacherData', 'teacher_data', 'new_generator', 'lr_at',
+           'task_description', 'periodic_eval', 'train_generator', 'load_generator', 'generated_adapters',
+           'mean_teacher', 'deltas_of', 'evaluate', 'summary_table', 'faiss_top1', 'retrieval', 'composition',
+           'train_run', 'evaluate_run', 'run_experiment', 'verify_reproducibility', 'nearest_teacher',
+           'nearest_adapters', 'subset_config', 'method_table', 'paired_gap', 'delta_silhouette', 'plot_deltas',
+           'plot_history', 'plot_composition', 'verify_setup', 'visualize']
 
 # %% ../nbs/26_llgbm.ipynb #03000e85
 import dataclasses, hashlib, itertools, json, math, random, re, tempfile, time
@@ -25,7 +26,7 @@ import torch
 import yaml
 from torch import nn
 
-from .core import (styled, Config, ConfigError, deep_merge, from_dict, load_config, logger, parse_overrides, paths,
+from .core import (styled, bootstrap_ci, Config, ConfigError, deep_merge, from_dict, load_config, logger, parse_overrides, paths,
                         provenance, seed_everything)
 from .store import ArrayCache, StatusTable, atomic_path, atomic_write_json, atomic_write_yaml, file_lock, read_json
 from .lora import (LoraSpec, TeacherConfig, LoraLayout, lora_layout, flatten_lora, unflatten_lora, sum_adapters,
@@ -626,7 +627,10 @@ def evaluate_run(run_dir, ctx: Context|None = None, progress: bool = True) -> di
     return metrics
 
 def run_experiment(cfg: ExperimentConfig, run_dir, ctx: Context|None = None, progress: bool = True) -> dict:
-    "Train (or resume) and evaluate one preset in `run_dir`; returns the metrics."
+    """Train (or resume) and evaluate one preset in `run_dir`; returns the metrics. A run folder whose `metrics.json`
+    was written for this very config is complete: its metrics are returned and nothing is trained or scored again."""
+    done = Path(run_dir) / "metrics.json"
+    if done.exists() and read_json(done).get("config_hash") == cfg.config_hash(): return read_json(done)
     ctx = _context_for(cfg, ctx)
     train_run(cfg, run_dir, ctx, progress)
     return evaluate_run(run_dir, ctx, progress)
@@ -644,6 +648,61 @@ def verify_reproducibility(run_dir, tol: float = 1e-5, ctx: Context|None = None,
     diffs = {k: float(np.nanmax(np.abs(m[f"{k}_saved"] - m[f"{k}_rerun"]))) if len(m) else float("inf") for k in ("accuracy", "loss", "delta_cos")}
     ok = len(m) == len(old) == len(new) and all(v <= tol for v in diffs.values()) and (m["config_hash_saved"] == m["config_hash_rerun"]).all()
     return {"ok": bool(ok), "tol": tol, "max_abs_diff": diffs, "n_compared": len(m), "config_hash": ctx.cfg.config_hash()}
+
+# %% ../nbs/26_llgbm.ipynb #b56e557d
+def _vectors_embedding(ctx, teachers, tasks, emb) -> np.ndarray:
+    return np.stack([np.asarray(emb[t]).mean(0) for t in tasks])
+
+def _vectors_delta(ctx, teachers, tasks, emb) -> np.ndarray:
+    d = deltas_of(ctx, {t: teachers[t][0] for t in tasks})
+    return np.stack([AGGREGATES[ctx.cfg.delta.aggregate](torch.from_numpy(np.asarray(d[t]))).numpy() for t in tasks])
+
+TASK_VECTORS: dict[str, Callable] = {"embedding": _vectors_embedding, "delta": _vectors_delta}
+
+def nearest_teacher(ctx: Context, teachers: dict, by: str = "embedding", emb: dict|None = None) -> dict:
+    "`{task: training task}`: the most cosine-similar training teacher of every task of `ctx.cfg`, never the task itself."
+    if by not in TASK_VECTORS: raise ConfigError("by", f"unknown {by!r} (known: {', '.join(TASK_VECTORS)})")
+    tasks, pool = list(ctx.cfg.tasks), [t for t in ctx.cfg.train_tasks if t in teachers]
+    if len(pool) < 2: raise ValueError(f"nearest_teacher needs at least 2 training teachers, got {len(pool)}")
+    if emb is None and by == "embedding": emb = task_embeddings(ctx.cfg)
+    v = TASK_VECTORS[by](ctx, teachers, tasks, emb).astype(np.float64)
+    v /= np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    sim = v @ v[[tasks.index(p) for p in pool]].T                  # [n_tasks, n_pool]
+    for i, t in enumerate(tasks):
+        if t in pool: sim[i, pool.index(t)] = -np.inf
+    return {t: pool[int(sim[i].argmax())] for i, t in enumerate(tasks)}
+
+def nearest_adapters(ctx: Context, teachers: dict, by: str = "embedding", emb: dict|None = None) -> dict:
+    "`{task: adapter}` of `nearest_teacher`, a per-task method for `evaluate`."
+    return {t: teachers[s][0] for t, s in nearest_teacher(ctx, teachers, by, emb).items()}
+
+# %% ../nbs/26_llgbm.ipynb #b43fcfad
+def subset_config(cfg: ExperimentConfig, n_train: int, seed: int = 0) -> ExperimentConfig:
+    "`cfg` with `n_train` of its training tasks (a prefix of a seeded shuffle: nested as `n_train` grows) and all held-out tasks."
+    tr = sorted(cfg.train_tasks)
+    if not 1 <= n_train <= len(tr): raise ConfigError("n_train", f"must be in [1, {len(tr)}] (the training tasks), got {n_train}")
+    random.Random(seed).shuffle(tr)
+    keep = set(tr[:n_train]) | set(cfg.heldout)
+    return cfg.replace(tasks={t: d for t, d in cfg.tasks.items() if t in keep})
+
+# %% ../nbs/26_llgbm.ipynb #cd9ac18d
+def method_table(ev: pd.DataFrame, split: str = "heldout", by: str = "method", n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Mean accuracy of each `by` group on `split`'s tasks with a 95% bootstrap CI over tasks (the unit that generalises;
+    seeds of one task are averaged first), the number of tasks and of rows."""
+    d = ev[ev["split"] == split]
+    rows = []
+    for m, g in d.groupby(by, sort=False):
+        per_task = g.groupby("task")["accuracy"].mean()
+        lo, hi = bootstrap_ci(per_task.values, n_boot=n_boot, seed=seed)
+        rows.append({by: m, "accuracy": per_task.mean(), "lo": lo, "hi": hi, "tasks": len(per_task), "rows": len(g)})
+    return pd.DataFrame(rows).set_index(by)
+
+def paired_gap(ev: pd.DataFrame, a: str, b: str, split: str = "heldout", by: str = "method", n_boot: int = 2000, seed: int = 0) -> dict:
+    "Mean over `split`'s tasks of accuracy(a) - accuracy(b), paired by task, with a 95% bootstrap CI over tasks."
+    d = ev[ev["split"] == split].groupby([by, "task"])["accuracy"].mean().unstack(0)
+    diff = (d[a] - d[b]).dropna()
+    lo, hi = bootstrap_ci(diff.values, n_boot=n_boot, seed=seed)
+    return {"a": a, "b": b, "gap": float(diff.mean()), "lo": lo, "hi": hi, "tasks": len(diff)}
 
 # %% ../nbs/26_llgbm.ipynb #7e55283d
 def delta_silhouette(deltas: np.ndarray, labels: Sequence[str]) -> float:
