@@ -26,7 +26,7 @@ import torch
 import yaml
 from torch import nn
 
-from .core import (styled, bootstrap_ci, Config, ConfigError, deep_merge, from_dict, load_config, logger, parse_overrides, paths,
+from .core import (OVERRIDES, styled, bootstrap_ci, Config, ConfigError, deep_merge, from_dict, load_config, logger, parse_overrides, paths,
                         provenance, seed_everything)
 from .store import ArrayCache, StatusTable, atomic_path, atomic_write_json, atomic_write_yaml, file_lock, read_json
 from .lora import (LoraSpec, TeacherConfig, LoraLayout, lora_layout, flatten_lora, unflatten_lora, sum_adapters,
@@ -156,33 +156,13 @@ DELTA_ONLY_VARIANTS: dict[str, dict] = {
     "b2": {"train.weight_reg": 0.1},   # delta loss + a pull toward the teachers' mean in weight space
 }
 
-_OVERRIDES = "command-line overrides"
-
-def _has_key(d: dict, parts: list[str]) -> bool:
-    for p in parts:
-        if not isinstance(d, dict) or p not in d: return False
-        d = d[p]
-    return True
-
-def _source_of(key: str, layers: list[tuple[str, dict]]) -> tuple[str, str|None]:
-    "(dotted key, the last layer that sets it): a section's own check may name a bare field (`rank`), the layer names its section."
-    parts = key.split("[")[0].split(".")
-    if parts[0] not in {f.name for f in dataclasses.fields(ExperimentConfig)}:
-        for sec in ("model", "lora", "teacher", "probes", "delta", "generator", "train"):
-            if any(_has_key(y, [sec, *parts]) for _, y in layers): key, parts = f"{sec}.{key}", [sec, *parts]; break
-    while parts:
-        for src, y in reversed(layers):
-            if _has_key(y, parts): return key, src
-        parts = parts[:-1]
-    return key, (layers[-1][0] if layers else None)
-
 def make_config(preset: str|None = None, files=(), overrides=()) -> ExperimentConfig:
-    """The config of `preset` (default: the last file's `preset:`, else `delta_multi`) with YAML files and dot overrides
-    on top. Any error is one `ConfigError` naming the dotted key and the file (or the overrides) that set it."""
-    from labnb.core import read_yaml, resolve_env
+    """The config of `preset` (default: the last `preset:` of the files or overrides, else `delta_multi`) with YAML
+    files and dot overrides on top, through `labnb.core.load_config` (defaults < preset < files < overrides). Any
+    error is one `ConfigError` naming the dotted key and the layer (file, preset or overrides) that set it."""
+    from labnb.core import read_yaml
     if isinstance(files, (str, Path)): files = [files]
-    layers = [(str(f), resolve_env(read_yaml(f), source=str(f))) for f in files]
-    if overrides: layers.append((_OVERRIDES, parse_overrides(overrides)))
+    layers = [(str(f), read_yaml(f)) for f in files] + ([(OVERRIDES, parse_overrides(overrides))] if overrides else [])
     for src, y in layers:   # an empty mapping would merge away silently and keep the tasks of the layers below
         if "tasks" in y and (y["tasks"] is None or y["tasks"] == {}):
             raise ConfigError("tasks", "is empty: list at least one task as `fv/<name>: <domain>`", src)
@@ -190,12 +170,7 @@ def make_config(preset: str|None = None, files=(), overrides=()) -> ExperimentCo
     psrc, preset = (None, preset) if preset else (given[-1] if given else (None, "delta_multi"))
     if not isinstance(preset, str) or preset not in PRESETS:
         raise ConfigError("preset", f"unknown {preset!r} (known: {', '.join(PRESETS)})", psrc)
-    d = deep_merge(parse_overrides(PRESETS[preset]), {"preset": preset})
-    for _, y in layers: d = deep_merge(d, {k: v for k, v in y.items() if k != "preset"})
-    try: return from_dict(ExperimentConfig, d)
-    except ConfigError as e:
-        key, src = _source_of(e.key, layers)
-        raise ConfigError(key, str(e)[len(e.key) + 2:], src) from None
+    return load_config(ExperimentConfig, files, overrides, preset=(preset, PRESETS[preset]))
 
 def save_config(cfg: ExperimentConfig, path) -> Path: return atomic_write_yaml(path, cfg.to_dict())
 
