@@ -242,5 +242,6 @@ def main(argv=None) -> int:
     except RunBusy as e:
         print(f"labnb {a.command}: error: {one_line(e)}", file=sys.stderr); return 1
     except RunFailed as e:
-        if e.ename in {c.__name__ for c in input_errors()}: print(f"labnb {a.command}: error: {strip_home(e.evalue)}", file=sys.stderr)
-        print(f"labnb {a.command}: {e}", file=sys.stderr); return 1
+        bad_input = e.ename in {c.__name__ for c in input_errors()}   # a bad file or value the template found: status 2
+        if bad_input: print(f"labnb {a.command}: error: {strip_home(e.evalue)}", file=sys.stderr)
+        print(f"labnb {a.command}: {e}", file=sys.stderr); return 2 if bad_input else 1

@@ -146,7 +146,7 @@ def test_a_data_error_in_a_template_is_the_first_line():
     body = "from labnb.data import DataError\nraise DataError('expected a number, got \"abc\"', file='data/x.csv', line=3, field='score')"
     with scratch_home((), extra={"t": template(body)}) as h:
         code, err = cli("run", "t", "-q")
-        assert code == 1 and err.splitlines()[0] == "labnb run: error: data/x.csv, line 3, field 'score': expected a number, got \"abc\"", err
+        assert code == 2 and err.splitlines()[0] == "labnb run: error: data/x.csv, line 3, field 'score': expected a number, got \"abc\"", err
 
 
 def test_concurrent_index_writers_lose_no_row(tmp_path):
