@@ -127,8 +127,10 @@ def legacy_value(raw: str, tp, name: str):
             raise ParamError(name, f"expected a mapping (YAML, or the old key=value pairs separated by commas), got {bad[0]!r}")
         val = {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in parts)}
     else: return raw
-    warnings.warn(f"parameter {name}: a comma-separated string is deprecated, give a YAML {'list' if _is_list(tp) else 'mapping'} "
-                  f"(e.g. -s '{name}={json.dumps(val)}')", DeprecationWarning, stacklevel=3)
+    msg = (f"parameter {name}: a comma-separated string is deprecated, give a YAML {'list' if _is_list(tp) else 'mapping'} "
+           f"(e.g. -s '{name}={json.dumps(val)}')")
+    logger.warning(msg)                                          # seen on the command line too
+    warnings.warn(msg, DeprecationWarning, stacklevel=3)
     return val
 
 def validate_params(template: str|Path, given: dict, from_cli: bool = False, spec: dict|None = None) -> dict:
