@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['PRESSES', 'RETRYABLE', 'ENGINES', 'GenRequest', 'GenResult', 'truncate_at_stop', 'PressSpec', 'compression_ratio',
-           'make_press', 'split_prompt', 'count_prompt_tokens', 'cache_bytes', 'TransformersEngine', 'Pacer',
-           'OpenAIEngine', 'make_engine']
+           'make_press', 'split_prompt', 'count_prompt_tokens', 'cache_bytes', 'TransformersEngine', 'LayerRope',
+           'press_context', 'Pacer', 'OpenAIEngine', 'make_engine']
 
 # %% ../nbs/33_kv_engines.ipynb #2fa7a280
 import contextlib, json, random, threading, time
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, asdict
 from typing import Any, Callable
 
 import torch
+from torch import nn
 from fastcore.basics import patch
 
 from .core import logger, set_threads
@@ -142,6 +143,29 @@ class TransformersEngine:
         return make_press(req.press, compression_ratio(req.budget_kind, req.budget, context_len), **self.press_kwargs.get(req.press, {}))
     def close(self): pass
 
+# %% ../nbs/33_kv_engines.ipynb #d9a0d04d
+class LayerRope(nn.Module):
+    "A model's rotary embedding for one layer kind, callable as kvpress calls it: `rope(x, position_ids)`."
+    def __init__(self, rope: nn.Module, layer_type: str):
+        super().__init__()
+        self._rope, self.layer_type = [rope], layer_type          # in a list: not registered as a child module twice
+    def forward(self, x, position_ids): return self._rope[0](x, position_ids, layer_type=self.layer_type)
+
+@contextlib.contextmanager
+def press_context(press, model):
+    "kvpress's `press(model)`, with each layer's own rotary embedding where the model keeps one per layer kind (Gemma-3)."
+    with press(model):
+        lm = model.model.language_model if hasattr(model.model, "language_model") else model.model
+        rope, kinds = getattr(lm, "rotary_emb", None), getattr(lm.config, "layer_types", None)
+        swapped = []
+        if rope is not None and kinds and hasattr(rope, "layer_types"):
+            for layer, kind in zip(lm.layers, kinds):
+                if getattr(layer.self_attn, "rotary_emb", None) is rope:
+                    layer.self_attn.rotary_emb = LayerRope(rope, kind); swapped.append(layer.self_attn)
+        try: yield
+        finally:
+            for attn in swapped: attn.rotary_emb = rope            # as kvpress left it
+
 # %% ../nbs/33_kv_engines.ipynb #11aef6ab
 class _Emitter:
     "Streams the decoded answer as deltas, holding back a possible stop-string prefix or a partial character."
@@ -172,7 +196,7 @@ def generate(self: TransformersEngine, req: GenRequest, on_failure: Callable|Non
             ctx_ids, q_ids = ctx_ids.to(dev), q_ids.to(dev)
             n_ctx = ctx_ids.shape[1]
             press, cache = self.press_for(req, n_ctx), DynamicCache()
-            with press(self.model) if press is not None else contextlib.nullcontext():
+            with press_context(press, self.model) if press is not None else contextlib.nullcontext():
                 self.model.base_model(input_ids=ctx_ids, past_key_values=cache)  # prefill; the press compresses the cache
             kv = cache_bytes(cache)
             pos = torch.arange(n_ctx, n_ctx + q_ids.shape[1], device=dev)[None]   # [1, n_q]
