@@ -171,12 +171,9 @@ TASKS: dict[str, TaskSpec] = {
 
 # %% ../nbs/32_kv_prepare.ipynb #e825b51f
 def load_tokenizer(name: str):
-    "The tokenizer of a model name (`tiny-*`: the tiny byte-level one; offline names: their local copy)."
-    from labnb import models
-    if models.tiny_arch(name) is not None: return models.tiny_tokenizer()
-    from transformers import AutoTokenizer
-    folder = models.resolve_source(name)[0]
-    return AutoTokenizer.from_pretrained(folder)
+    "The tokenizer the engine pairs with model `name` (`labnb.models.load_tokenizer`), so prompts are counted in its tokens."
+    from labnb.models import load_tokenizer as model_tokenizer
+    return model_tokenizer(name)
 
 def quantile_bins(n_tokens, ids, n_bins: int) -> np.ndarray:
     "Equal-frequency bin (0 = shortest) of each example; ties in length broken by id."

@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['ARCHS', 'V_LAYOUTS', 'CONFIG_VARIANTS', 'PART_NAMES', 'V_LAYOUT_OF', 'CONFIG_KEYS', 'TINY_ARCHS', 'TINY_ALIASES',
-           'OFFLINE_MODELS', 'ArchSpec', 'ModelSpec', 'UnsupportedArchitecture', 'detect_layout', 'is_causal',
-           'model_spec', 'tiny_tokenizer', 'tiny_model', 'OfflineModel', 'package_dir', 'spm_merges',
-           'spm_bpe_tokenizer', 'dequantized_dir', 'tiny_arch', 'resolve_source', 'load_model', 'model_meta',
-           'free_memory', 'row_bytes', 'auto_batch_size']
+           'TINY_ENCODERS', 'OFFLINE_MODELS', 'ArchSpec', 'ModelSpec', 'UnsupportedArchitecture', 'detect_layout',
+           'is_causal', 'model_spec', 'tiny_tokenizer', 'tiny_model', 'OfflineModel', 'package_dir', 'spm_merges',
+           'spm_bpe_tokenizer', 'dequantized_dir', 'tiny_arch', 'resolve_source', 'load_tokenizer', 'load_model',
+           'model_meta', 'free_memory', 'row_bytes', 'auto_batch_size']
 
 # %% ../nbs/02_models.ipynb #e5835640
 import contextlib, hashlib, importlib.util, json, os, shutil, tempfile, warnings
@@ -279,12 +279,14 @@ TINY_ARCHS: tuple[str, ...] = ("llama", "llama3", "qwen2", "qwen3", "mistral", "
                                "gptj", "opt", "bloom", "falcon", "bert", "roberta", "modernbert")
 TINY_ALIASES = {"gemma3": "gemma3_text", "pythia": "gpt_neox"}
 
+TINY_ENCODERS = ("bert", "roberta", "modernbert")
+
 def tiny_model(arch: str = "llama", seed: int = 0, dtype=None):
     "A random model of architecture `arch` (one of `TINY_ARCHS`) and its byte-level tokenizer, in eval mode."
     from transformers import AutoModelForCausalLM, AutoModel
     arch = TINY_ALIASES.get(arch, arch)
     if arch not in TINY_ARCHS: raise KeyError(f"no tiny config for {arch!r}; known: {', '.join(TINY_ARCHS)}")
-    enc = arch in ("bert", "roberta", "modernbert")
+    enc = arch in TINY_ENCODERS
     tok = tiny_tokenizer(encoder=enc)
     torch.manual_seed(seed)
     cfg = _tiny_configs(len(tok))[arch]()
@@ -420,6 +422,18 @@ def resolve_source(source: str, gguf_file: str|None = None) -> tuple[str|Path, d
         raise KeyError(f"unknown model {source!r}: not an offline name ({', '.join(OFFLINE_MODELS)}), folder or file")
     return source, ({"gguf_file": gguf_file} if gguf_file else {}), None
 
+def load_tokenizer(source: str|Path, revision: str|None = None, gguf_file: str|None = None):
+    """The tokenizer of a model reference, the one `load_model` pairs with the model: an offline GGUF whose converted
+    tokenizer lost its BPE merges gets them rebuilt (`spm_bpe_tokenizer`); `tiny-<arch>` gets the tiny byte-level one."""
+    if (arch := tiny_arch(source)) is not None: return tiny_tokenizer(encoder=TINY_ALIASES.get(arch, arch) in TINY_ENCODERS)
+    from transformers import AutoTokenizer
+    folder, extra, _ = resolve_source(str(source), gguf_file)
+    if revision: extra["revision"] = revision
+    om = OFFLINE_MODELS.get(str(source))
+    tok = spm_bpe_tokenizer(folder, name=str(source)) if om and om.bpe_from_unigram else AutoTokenizer.from_pretrained(folder, **extra)
+    if tok.pad_token is None and tok.eos_token is not None: tok.pad_token = tok.eos_token
+    return tok
+
 def load_model(source: str|Path, revision: str|None = None, gguf_file: str|None = None, kind: str|None = None,
                device: str|None = None, dtype=None, **kw):
     "Load `(model, tokenizer)` from an offline name, hub id (+ revision), local folder, GGUF file or `tiny-<arch>`; eval mode.\n    `dtype`: fp32, bf16, fp16 or a torch dtype (default: `default_dtype`); `device` defaults to `default_device()`."
@@ -437,13 +451,11 @@ def load_model(source: str|Path, revision: str|None = None, gguf_file: str|None 
     kind = kind or offline_kind or ("causal" if is_causal(cfg) else "encoder")
     device = device or default_device()
     dtype = resolve_dtype(dtype) if dtype is not None else default_dtype(device)
-    om = OFFLINE_MODELS.get(str(source))
-    tok = spm_bpe_tokenizer(folder, name=str(source)) if om and om.bpe_from_unigram else AutoTokenizer.from_pretrained(folder, **extra)
+    tok = load_tokenizer(source, revision, gguf_file)
     level = hf_logging.get_verbosity(); hf_logging.set_verbosity_error()   # no load reports for known-unused keys
     if torch.device(device).type == "cuda": kw.setdefault("device_map", device)   # weights go straight to the GPU
     try: model = _auto_cls(kind).from_pretrained(folder, dtype=dtype, **extra, **kw).to(device).eval()
     finally: hf_logging.set_verbosity(level)
-    if tok.pad_token is None and tok.eos_token is not None: tok.pad_token = tok.eos_token
     model._labnb_meta = {"model_id": str(source), "revision": revision or "main", "source": str(folder), "kind": kind,
                          "dtype": str(dtype).replace("torch.", ""), "commit": getattr(model.config, "_commit_hash", None)}
     return model, tok
