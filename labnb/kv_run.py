@@ -161,15 +161,17 @@ def run(self: KVRunner, progress: bool = True, limit: int|None = None, only: lis
     if self.engine is None: self.engine = make_engine(self.cfg.engine)
     specs = [s for s in plan_runs(self.cfg) if only is None or s.run_id in only]
     ids = selected_ids(self.manifest)
-    out = {}
-    for s in specs:
-        self.open_run(s); self.add(s, ids)
-    for s in specs: out[s.run_id] = self.execute(s, progress, limit)
-    if self.cfg.run.sampling == "focus_transition" and limit is None:
-        for r in range(1, self.cfg.run.focus.rounds + 1):
-            added = focus_round(self, r, specs)
-            if not added: break
-            for s in specs: out[s.run_id] = self.execute(s, progress)
+    out, cpu0 = {}, time.process_time()
+    try:
+        for s in specs:
+            self.open_run(s); self.add(s, ids)
+        for s in specs: out[s.run_id] = self.execute(s, progress, limit)
+        if self.cfg.run.sampling == "focus_transition" and limit is None:
+            for r in range(1, self.cfg.run.focus.rounds + 1):
+                added = focus_round(self, r, specs)
+                if not added: break
+                for s in specs: out[s.run_id] = self.execute(s, progress)
+    finally: self.store.add_cpu_seconds(time.process_time() - cpu0)   # this process's CPU (all its threads)
     return out
 
 # %% ../nbs/35_kv_run.ipynb #37d810d8

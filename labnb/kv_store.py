@@ -246,6 +246,20 @@ def runs(self: KVStore) -> list[dict]:
     return [{**r, "config": json.loads(r["config"])} for r in self.query("SELECT * FROM runs ORDER BY press, budget_kind, budget DESC")]
 
 @patch
+def add_cpu_seconds(self: KVStore, seconds: float) -> float:
+    "Add `seconds` of a process's CPU time to the store's total (every process that ran requests adds its own); returns it."
+    with self.tx() as c:
+        c.execute("INSERT INTO meta VALUES ('cpu_seconds', ?) ON CONFLICT(key) DO UPDATE SET value = CAST(value AS REAL) + ?",
+                  (float(seconds), float(seconds)))
+    return self.cpu_seconds()
+
+@patch
+def cpu_seconds(self: KVStore) -> float|None:
+    "CPU seconds the processes that ran this store's requests spent in them (None before any)."
+    r = self.query("SELECT value FROM meta WHERE key='cpu_seconds'")
+    return float(r[0]["value"]) if r else None
+
+@patch
 def set_run_status(self: KVStore, run_id: str, status: str):
     "Set a run's status (`planned`, `running`, `completed`, `partial`)."
     with self.tx() as c: c.execute("UPDATE runs SET status=?, updated=? WHERE run_id=?", (status, time.time(), run_id))
