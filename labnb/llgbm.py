@@ -26,7 +26,7 @@ import torch
 import yaml
 from torch import nn
 
-from .core import (OVERRIDES, styled, bootstrap_ci, Config, ConfigError, deep_merge, from_dict, load_config, logger, parse_overrides, paths,
+from .core import (OVERRIDES, styled, bootstrap_ci, Config, ConfigError, load_config, logger, parse_overrides, paths,
                         provenance, seed_everything)
 from .store import ArrayCache, StatusTable, atomic_path, atomic_write_json, atomic_write_yaml, file_lock, read_json
 from .lora import (LoraSpec, TeacherConfig, LoraLayout, lora_layout, flatten_lora, unflatten_lora, sum_adapters,

@@ -439,7 +439,7 @@ def load_model(source: str|Path, revision: str|None = None, gguf_file: str|None 
     "Load `(model, tokenizer)` from an offline name, hub id (+ revision), local folder, GGUF file or `tiny-<arch>`; eval mode.\n    `dtype`: fp32, bf16, fp16 or a torch dtype (default: `default_dtype`); `device` defaults to `default_device()`."
     if (arch := tiny_arch(source)) is not None:     # tiny-<arch>; revision seedN picks the random weights
         return tiny_model(arch, seed=int(revision[4:]) if revision and revision.startswith("seed") else 0, dtype=dtype)
-    from transformers import AutoTokenizer, AutoConfig
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     folder, extra, offline_kind = resolve_source(str(source), gguf_file)
