@@ -5,10 +5,11 @@
 # %% auto #0
 __all__ = ['CLUSTERS', 'EXECUTORS', 'ClusterConfig', 'SweepRun', 'Sweep', 'load_sweep', 'execute_unit', 'die_with_parent',
            'LocalExecutor', 'local_cluster', 'slurm_cluster', 'DaskExecutor', 'slurm_job_script', 'SweepResult',
-           'run_sweep', 'sweep_rows', 'status_report']
+           'n_done', 'run_sweep', 'sweep_rows', 'status_report']
 
 # %% ../nbs/91_sweep.ipynb #8df33d56
 import concurrent.futures as cf, contextlib, itertools, logging, os, re, time
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -274,6 +275,10 @@ def _settle(st: StatusTable, r: SweepRun, res: dict, plan: _Plan, alone: bool, p
     else:
         st.fail(r.unit, res["error"]); logger.warning("%s failed: %s", r.unit, res["error"].splitlines()[0])
 
+def n_done(sw: Sweep, statuses: dict) -> int:
+    "How many units of `sw` are completed or skipped; `statuses` (unit -> status) may hold units of an earlier grid."
+    return sum(statuses.get(r.unit) in ("completed", "skipped") for r in sw.runs)
+
 def run_sweep(sweep, retry_failed: bool = False, max_parallel: int|None = None, executor: str|None = None,
               progress: bool = True, poll: float = 1.0) -> SweepResult:
     "Run (or resume) the sweep in a YAML file or a `Sweep`; several processes may run the same sweep at once."
@@ -287,7 +292,7 @@ def run_sweep(sweep, retry_failed: bool = False, max_parallel: int|None = None, 
     st, home, plan = sw.status, str(paths().home), _Plan()
     if sw.source: atomic_write(sw.dir / "sweep.yaml", Path(sw.source).read_text())
     for exp in dict.fromkeys(r.experiment for r in sw.runs): st.add([r.unit for r in sw.runs if r.experiment == exp], group=exp)
-    state = st.statuses(); done = lambda s: sum(v in ("completed", "skipped") for v in s.values())
+    state, done = st.statuses(), partial(n_done, sw)
     n_par = max(1, min(n_par, len(sw.runs) - done(state)))                    # never more workers than runs to do
     bar = tqdm(total=len(sw.runs), initial=done(state), desc=f"sweep {sw.name}", disable=not progress, unit="run")
     with EXECUTORS[ex_name](n_par, sw.cluster) as ex, _released_on_error(st) as inflight:
