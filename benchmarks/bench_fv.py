@@ -21,7 +21,7 @@ from labnb.core import paths, provenance
 from labnb.store import atomic_write_json
 from labnb.runner import strip_home
 from labnb.models import load_model, tiny_model, model_spec, model_meta
-from labnb.fv import (PromptFormat, relation_rows, sample_trials, corrupted_prompt, clean_prompt, encode, answer_token,
+from labnb.fv.core import (PromptFormat, relation_rows, sample_trials, corrupted_prompt, clean_prompt, encode, answer_token,
                       score_prompts, patched_probs, all_heads, last_token_run)
 
 def _stats(xs: list[float]) -> dict:

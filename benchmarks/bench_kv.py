@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 from labnb.core import package_versions, now_iso
-from labnb.kv_config import KVConfig, EngineCfg, PrepareCfg, RunCfg, TaskCfg
-from labnb.kv_engines import TransformersEngine, make_press, compression_ratio
-from labnb.kv_prepare import prepare, PROMPTS, selected_ids
-from labnb.kv_run import KVRunner, RunSpec, _one
+from labnb.kv.config import KVConfig, EngineCfg, PrepareCfg, RunCfg, TaskCfg
+from labnb.kv.engines import TransformersEngine, make_press, compression_ratio
+from labnb.kv.prepare import prepare, PROMPTS, selected_ids
+from labnb.kv.run import KVRunner, RunSpec, _one
 from labnb.store import atomic_write_json
 
 
@@ -22,7 +22,7 @@ def bench_store(n: int, ops: int = 2000, reps: int = 5, batch: int = 16) -> dict
     """The KV store alone with `n` planned requests: add them (one transaction), then claim + complete one at a time
     (best of `reps` rounds of `ops // reps`; two commits), complete + claim the next in one commit (the runner's loop),
     claim `batch` at once + complete each, list pending, resume scan."""
-    from labnb.kv_store import KVStore, process_owner
+    from labnb.kv.store import KVStore, process_owner
     resp = dict(text="answer", finish_reason="stop", prompt_tokens=100, completion_tokens=5, latency_s=0.1)
     with tempfile.TemporaryDirectory() as d:
         st = KVStore(Path(d) / "kv.sqlite")

@@ -16,7 +16,7 @@ from labnb.core import provenance
 from labnb.data import load_dataset
 from labnb.models import load_model, tiny_model, model_meta
 from labnb.embeddings import precompute_embeddings, n_hidden_states
-from labnb.repmetrics import all_layer_metrics
+from labnb.bandit.metrics import all_layer_metrics
 
 
 def main(argv=None):

@@ -14,8 +14,8 @@ import torch
 
 from common import interleave, load, pin_threads, write
 from labnb.core import paths, provenance
-from labnb.lora import LoraSpec, lora_layout, random_lora, flatten_lora, unflatten_lora, functional_lora
-from labnb.llgbm import ModelConfig, load_base, make_config
+from labnb.llgbm.lora import LoraSpec, lora_layout, random_lora, flatten_lora, unflatten_lora, functional_lora
+from labnb.llgbm.core import ModelConfig, load_base, make_config
 
 MODEL = os.environ.get("BENCH_LLGBM_MODEL", "smollm2-135m")
 BATCH, SEQ = int(os.environ.get("BENCH_LLGBM_BATCH", 4)), int(os.environ.get("BENCH_LLGBM_SEQ", 32))

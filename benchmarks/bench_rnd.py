@@ -15,7 +15,7 @@ from common import interleave, load, pin_threads, write
 from labnb.core import provenance
 from labnb.embeddings import load_encoder, precompute_embeddings
 from labnb.models import package_dir
-from labnb.rnd import PairInputs, RNDConfig, pair_texts, train_rnd
+from labnb.rnd.core import PairInputs, RNDConfig, pair_texts, train_rnd
 from labnb.store import ArrayCache
 
 N_PAIRS = int(os.environ.get("BENCH_RND_PAIRS", 150))

@@ -9,10 +9,10 @@
 #
 # Steps (each one timed, with torch.cuda.max_memory_allocated after it):
 #   load      load_model(MODEL) in bf16 on the GPU
-#   fv_sweep  labnb.fv.patched_probs: every head patched at the last token of a few-shot prompt (shared prefix),
+#   fv_sweep  labnb.fv.core.patched_probs: every head patched at the last token of a few-shot prompt (shared prefix),
 #             batch size from labnb.models.auto_batch_size
-#   lora      labnb.lora.train_teacher: 20 peft steps of a rank-8 LoRA on q_proj/v_proj (an fv task from LABNB_DATA)
-#   kv        labnb.kv_engines.TransformersEngine: one needle prompt at budgets 1.0 / 0.5 / 0.25 with SnapKV
+#   lora      labnb.llgbm.lora.train_teacher: 20 peft steps of a rank-8 LoRA on q_proj/v_proj (an fv task from LABNB_DATA)
+#   kv        labnb.kv.engines.TransformersEngine: one needle prompt at budgets 1.0 / 0.5 / 0.25 with SnapKV
 #   embed     labnb.embeddings.encode_batch of the bandit's grid model at two revisions, all layers
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,7 +51,7 @@ def _():
 
 @step("fv_sweep")
 def _():
-    from labnb.fv import patched_probs
+    from labnb.fv.core import patched_probs
     m, tok = ctx["m"], ctx["tok"]; s = model_spec(m)
     ids = tok("hot: cold\nup: down\nbig: small\nfast: slow\nwet:")["input_ids"]
     bs = auto_batch_size(s, len(ids), dtype=m.dtype, vocab=m.config.vocab_size)
@@ -61,7 +61,7 @@ def _():
 
 @step("lora")
 def _():
-    from labnb.lora import LoraSpec, TeacherConfig, train_teacher
+    from labnb.llgbm.lora import LoraSpec, TeacherConfig, train_teacher
     m, tok = ctx["m"], ctx["tok"]; n = model_spec(m).n_layers
     lora, man = train_teacher(m, tok, "fv/antonym", LoraSpec(rank=8, alpha=16, layers=list(range(n))),
                               TeacherConfig(steps=LORA_STEPS, batch_size=16, n_train=256, n_eval=32), progress=False)
@@ -69,7 +69,7 @@ def _():
 
 @step("kv")
 def _():
-    from labnb.kv_engines import GenRequest, TransformersEngine
+    from labnb.kv.engines import GenRequest, TransformersEngine
     eng = TransformersEngine(ctx["m"], ctx["tok"], model_name=os.environ["MODEL"])
     ctx_text = "The grass is green. The sky is blue. " * KV_REPEAT + "The pass key is 71432. " + "The sun is warm. " * KV_REPEAT
     out = {}

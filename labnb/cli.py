@@ -8,7 +8,7 @@ __all__ = ['WORKFLOWS', 'SKIP_EXEC', 'DEMO_PARAMS', 'FIRST_FIGURE', 'COMMANDS', 
            'input_errors', 'one_line', 'main']
 
 # %% ../nbs/92_cli.ipynb #dc56032f
-import argparse, contextlib, importlib, json, logging, os, re, signal, sys, time
+import argparse, contextlib, importlib, json, logging, os, re, signal, sys, time, warnings
 from pathlib import Path
 
 
@@ -17,7 +17,7 @@ from .store import StoreError, atomic_write
 from .runner import RunBusy, RunFailed, rel_home, run_template, strip_home, templates, write_index
 
 # %% ../nbs/92_cli.ipynb #fa86bfc7
-WORKFLOWS = {"kv": "labnb.kv_cli:main", "llgbm": "labnb.llgbm_cli:main", "bandit": "labnb.bandit_run:main"}
+WORKFLOWS = {"kv": "labnb.kv.cli:main", "llgbm": "labnb.llgbm.cli:main", "bandit": "labnb.bandit.run:main"}
 
 class UsageError(ValueError): "Bad command-line input."
 
@@ -65,8 +65,9 @@ def promote(run_dir, name: str, allow_incomplete: bool = False) -> Path:
 
 # %% ../nbs/92_cli.ipynb #745e76b3
 def _parse_params(pairs, sets=()) -> dict:
-    "`-p KEY VALUE` pairs and `-s KEY=VALUE` settings (the override syntax of every labnb command) as one dict."
+    "`-s KEY=VALUE` settings (the override syntax of every labnb command) and deprecated `-p KEY VALUE` pairs as one dict."
     out = {}
+    if pairs: warnings.warn("-p KEY VALUE is deprecated: use -s KEY=VALUE (the same values; -p goes in the next release)", DeprecationWarning, stacklevel=2)
     for s in sets or []:
         if "=" not in s: raise UsageError(f"-s takes KEY=VALUE, got {s!r}")
     for k, v in [*(pairs or []), *(s.split("=", 1) for s in sets or [])]:
@@ -75,7 +76,7 @@ def _parse_params(pairs, sets=()) -> dict:
     return out
 
 def cmd_run(a) -> int:
-    "`labnb run TEMPLATE -p key value ... [--force]`"
+    "`labnb run TEMPLATE -s key=value ... [--force]`"
     r = run_template(a.template, _parse_params(a.param, a.set), force=a.force, from_cli=True, progress=not a.quiet)
     print(f"{r.status}: {rel_home(r.run_dir)}")
     print(json.dumps(r.metrics, indent=2))
@@ -175,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     r = sub.add_parser("run", help="run one template into results/{experiment}/{run_id}/")
     r.add_argument("template", help="template name in nbs/experiments (or a path to a notebook)")
-    r.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"), help="set a parameter (repeatable)")
+    r.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"), help="deprecated spelling of -s KEY=VALUE (repeatable)")
     r.add_argument("-s", "--set", action="append", metavar="KEY=VALUE", help="set a parameter, YAML-typed (repeatable)")
     r.add_argument("--force", action="store_true", help="run again even if complete (the old run is replaced only if the new one completes)")
     r.add_argument("-q", "--quiet", action="store_true", help="no cell progress bar")

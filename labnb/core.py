@@ -241,7 +241,7 @@ def load_config(cls, files=(), overrides=(), preset: tuple[str, dict]|None = Non
     """Defaults of `cls` < `preset` (its name and dot keys) < each YAML file in order < dot overrides; `${ENV}` resolved;
     validated. A bad value is one `ConfigError` naming its dotted key and the layer that set it: a file, `preset NAME`
     or the command-line overrides. With a preset, the config's `preset` field is its name (a `preset:` key of a file
-    or of the overrides is how a caller picks it, see `labnb.llgbm.make_config`)."""
+    or of the overrides is how a caller picks it, see `labnb.llgbm.core.make_config`)."""
     if isinstance(files, (str, Path)): files = [files]
     layers = [(str(f), resolve_env(read_yaml(f), source=str(f))) for f in files]
     if overrides: layers.append((OVERRIDES, parse_overrides(overrides)))

@@ -86,8 +86,8 @@ def test_residual_read_and_add(arch):
 
 @pytest.mark.parametrize("arch", DECODERS)
 def test_fv_prefix_patching_equals_one_pass_per_head(arch):
-    "labnb.fv: every head patched at the last token, shared-prefix batches vs one full forward pass per head."
-    from labnb.fv import patched_probs
+    "labnb.fv.core: every head patched at the last token, shared-prefix batches vs one full forward pass per head."
+    from labnb.fv.core import patched_probs
     m, tok, s, x = built(arch)
     ids = tok("Q: hot\nA: cold\n\nQ: up\nA:")["input_ids"]
     mean = torch.randn(s.n_layers, s.n_heads, s.d_head, generator=torch.Generator().manual_seed(0))
@@ -115,7 +115,7 @@ KVPRESS_BROKEN = ("gemma3_vlm",)   # kvpress lists Gemma-3's multimodal class, b
 def test_kvpress_fails_on_gemma3_multimodal_with_a_press():
     "kvpress's own pipeline breaks on Gemma-3 (sliding layers left whole, full layers compressed): no reference there."
     from kvpress import KVPressTextGenerationPipeline
-    from labnb.kv_engines import make_press
+    from labnb.kv.engines import make_press
     m, tok, s, x = built("gemma3_vlm")
     with pytest.raises(RuntimeError, match="size of tensor"):
         KVPressTextGenerationPipeline(model=m, tokenizer=tok)("The key is 4721. " * 8, question="Key?", press=make_press("knorm", 0.5),
@@ -124,9 +124,9 @@ def test_kvpress_fails_on_gemma3_multimodal_with_a_press():
 
 @pytest.mark.parametrize("arch", KVPRESS_ARCHS)
 def test_kv_engine_text_equals_kvpress_pipeline(arch):
-    "labnb.kv_engines' in-process engine and kvpress's own pipeline give the same text under a press."
+    "labnb.kv.engines' in-process engine and kvpress's own pipeline give the same text under a press."
     from kvpress import KVPressTextGenerationPipeline
-    from labnb.kv_engines import GenRequest, TransformersEngine, compression_ratio, make_press
+    from labnb.kv.engines import GenRequest, TransformersEngine, compression_ratio, make_press
     m, tok, s, x = built(arch)
     eng = TransformersEngine(m, tok, model_name=f"tiny-{arch}")
     c = "The key is 4721. " + "Grass is green and the sky is blue. " * 3
@@ -143,7 +143,7 @@ def test_kv_engine_text_equals_kvpress_pipeline(arch):
 @pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_functional_lora_equals_peft_merged(arch):
     "The architecture's default targets (q_proj/v_proj, qkv_proj, query_key_value, c_attn, query/value, Wqkv)."
-    from labnb.lora import LoraSpec, default_lora_modules, functional_lora, lora_layout, peft_model_of, random_lora
+    from labnb.llgbm.lora import LoraSpec, default_lora_modules, functional_lora, lora_layout, peft_model_of, random_lora
     m, tok, s, x = built(arch)
     spec = LoraSpec(rank=2, alpha=4.0, modules=default_lora_modules(m), layers=[0, -1])
     layout = lora_layout(m, spec)
@@ -179,7 +179,7 @@ def _hub_cache(root, repo: str, revisions: dict) -> dict:
 def test_hub_revisions_load_offline_with_provenance(tmp_path, monkeypatch):
     "`load_model('hub:ORG/NAME', revision=...)` and the bandit grid `hub:ORG/NAME@r1,r2` read the right snapshot offline."
     import huggingface_hub.constants as hc
-    from labnb.bandit import model_grid
+    from labnb.bandit.core import model_grid
     from labnb.models import load_model, model_meta
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path)); monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
     commits = _hub_cache(tmp_path, "pythia-like/tiny", {"step1": 0, "step2": 1})
@@ -203,8 +203,8 @@ BF16 = dict(rtol=5e-2, atol=1e-3)
 
 @pytest.mark.parametrize("arch", DECODERS)
 def test_bf16_head_sweep_hooks_and_lora_match_fp32(arch):
-    from labnb.fv import patched_probs
-    from labnb.lora import LoraSpec, default_lora_modules, functional_lora, lora_layout, random_lora
+    from labnb.fv.core import patched_probs
+    from labnb.llgbm.lora import LoraSpec, default_lora_modules, functional_lora, lora_layout, random_lora
     m32, tok = tiny_model(arch, seed=1)
     m16, _ = tiny_model(arch, seed=1, dtype="bf16")
     s = model_spec(m16)
@@ -226,7 +226,7 @@ def test_bf16_head_sweep_hooks_and_lora_match_fp32(arch):
 
 
 def test_bf16_kv_engine_and_embeddings():
-    from labnb.kv_engines import GenRequest, TransformersEngine
+    from labnb.kv.engines import GenRequest, TransformersEngine
     from labnb.embeddings import encode_batch
     res = {}
     for dt in ("fp32", "bf16"):
@@ -284,8 +284,8 @@ class _CountTransfers(torch.overrides.TorchFunctionMode):
 
 def test_lora_training_has_no_host_round_trip_per_step(monkeypatch, tmp_path):
     "A teacher's training loop moves nothing to the host per step: 3 and 9 steps make the same number of transfers."
-    from labnb.lora import LoraSpec, TeacherConfig, train_teacher
-    import labnb.lora as L
+    from labnb.llgbm.lora import LoraSpec, TeacherConfig, train_teacher
+    import labnb.llgbm.lora as L
     pairs = [(f"w{i}", f"v{i}") for i in range(40)]
     monkeypatch.setattr(L, "task_pairs", lambda name: pairs)
     m, tok = tiny_model("llama", seed=0)
@@ -299,8 +299,8 @@ def test_lora_training_has_no_host_round_trip_per_step(monkeypatch, tmp_path):
 
 
 def test_head_sweep_transfers_once_per_batch():
-    "labnb.fv's shared-prefix sweep: a fixed number of host transfers per batch of heads, none per head."
-    from labnb.fv import patched_probs
+    "labnb.fv.core's shared-prefix sweep: a fixed number of host transfers per batch of heads, none per head."
+    from labnb.fv.core import patched_probs
     m, tok, s, x = built("qwen2")
     ids = tok("Q: hot\nA: cold\n\nQ: up\nA:")["input_ids"]
     mean = torch.zeros(s.n_layers, s.n_heads, s.d_head)
@@ -345,7 +345,7 @@ def _meta_model(cfg):
 
 def test_real_fv_qwise_llama31_8b_config():
     from labnb.sweep import load_sweep
-    from labnb.fv_qwise import FVConfig
+    from labnb.fv.qwise import FVConfig
     sw = load_sweep(REAL / "fv_qwise_llama31_8b.yaml")
     assert len(sw.runs) == 1 and sw.runs[0].experiment == "fv_qwise"
     p = sw.runs[0].params
@@ -359,8 +359,8 @@ def test_real_fv_qwise_llama31_8b_config():
 
 def test_real_llgbm_qwen25_config_targets_exist():
     from transformers import Qwen2Config
-    from labnb.llgbm import make_config
-    from labnb.lora import lora_layout
+    from labnb.llgbm.core import make_config
+    from labnb.llgbm.lora import lora_layout
     cfg = make_config("baseline", REAL / "llgbm_qwen25_1p5b.yaml")
     assert (cfg.model.name, cfg.lora.rank, cfg.lora.alpha) == ("hub:Qwen/Qwen2.5-1.5B", 16, 32.0)
     assert sorted(cfg.lora.modules) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
@@ -371,15 +371,15 @@ def test_real_llgbm_qwen25_config_targets_exist():
 
 
 def test_real_layer_bandit_pythia_config():
-    from labnb.bandit import model_grid
-    from labnb.bandit_run import load_bandit_config
+    from labnb.bandit.core import model_grid
+    from labnb.bandit.run import load_bandit_config
     cfg = load_bandit_config(REAL / "layer_bandit_pythia.yaml")
     g = model_grid(cfg.grid)
     assert g.model_id == "EleutherAI/pythia-410m" and g.baseline == "step143000" and len(g.checkpoints) == 5
 
 
 def test_real_kv_vllm_config(monkeypatch):
-    from labnb.kv_config import load_kv_config
+    from labnb.kv.config import load_kv_config
     monkeypatch.delenv("LABNB_VLLM_URL", raising=False)
     cfg = load_kv_config(REAL / "kv_vllm.yaml")
     assert cfg.engine.name.startswith("openai") and cfg.engine.kv_field is False and cfg.run.budgets == [1.0]
@@ -389,8 +389,8 @@ def test_real_kv_vllm_config(monkeypatch):
 
 def test_bf16_teacher_training_matches_fp32(monkeypatch):
     "LLGBM's teachers (peft LoRA, AdamW) train in bf16: the first-step loss equals fp32's within BF16, losses stay finite."
-    import labnb.lora as L
-    from labnb.lora import LoraSpec, TeacherConfig, train_teacher
+    import labnb.llgbm.lora as L
+    from labnb.llgbm.lora import LoraSpec, TeacherConfig, train_teacher
     monkeypatch.setattr(L, "task_pairs", lambda name: [(f"w{i}", f"v{i}") for i in range(40)])
     losses = {}
     for dt in ("fp32", "bf16"):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from labnb.repmetrics import metric_value, all_layer_metrics
-from labnb.bandit import BanditConfig, EventLog, run_bandit, run_synthetic, synthetic_problem
-from labnb.rewards import ArmRewards, MissingBaseline, RewardConfig, zscores
+from labnb.bandit.metrics import metric_value, all_layer_metrics
+from labnb.bandit.core import BanditConfig, EventLog, run_bandit, run_synthetic, synthetic_problem
+from labnb.bandit.rewards import ArmRewards, MissingBaseline, RewardConfig, zscores
 
 
 def test_metric_known_cases():
@@ -49,7 +49,7 @@ def test_linucb_finds_best_arm_with_sublinear_regret():
 SCRIPT = textwrap.dedent("""
     import sys, time
     import numpy as np
-    from labnb.bandit import BanditConfig, run_bandit, synthetic_problem
+    from labnb.bandit.core import BanditConfig, run_bandit, synthetic_problem
     X, mu, _ = synthetic_problem(n_arms=40, noise=0.0, seed=5)
     def slow(a):
         time.sleep(float(sys.argv[2])); return float(mu[int(a[3:])])
@@ -99,7 +99,7 @@ def test_missing_baseline_fails_loudly(tmp_path):
 # ---- the workflow: budgeted by default, reference on request, resumable after SIGKILL, one-line config errors ----
 
 import pandas as pd
-from labnb.bandit_run import load_bandit_config, main as bandit_main, run_layer_bandit
+from labnb.bandit.run import load_bandit_config, main as bandit_main, run_layer_bandit
 
 SMOKE = """\
 grid: tiny
@@ -131,7 +131,7 @@ def test_default_run_is_budgeted_and_reference_is_cached(tmp_path):
 
 def test_workflow_resumes_after_sigkill(tmp_path):
     f = _smoke(tmp_path)
-    cmd = [sys.executable, "-c", "import sys; from labnb.bandit_run import main; sys.exit(main(sys.argv[1:]))",
+    cmd = [sys.executable, "-c", "import sys; from labnb.bandit.run import main; sys.exit(main(sys.argv[1:]))",
            "run", str(f), "-q", "-s", f"output_dir={tmp_path}/killed"]
     progress = tmp_path / "killed" / "bandit_progress.csv"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -172,24 +172,24 @@ def test_bad_config_exits_2_with_one_line(tmp_path, capsys, yaml_text, needle):
 
 def test_design_document_name_tables():
     import json as _json
-    from labnb.bandit import ALGORITHMS
-    from labnb.rewards import AGGREGATIONS, BASELINE_METHODS
+    from labnb.bandit.core import ALGORITHMS
+    from labnb.bandit.rewards import AGGREGATIONS, BASELINE_METHODS
     root = Path(__file__).resolve().parents[1] / "nbs"
     def table(nb):
         cells = _json.loads((root / nb).read_text())["cells"]
         return next("".join(c["source"]) for c in cells if c["cell_type"] == "markdown" and "Design-document names" in "".join(c["source"]))
-    bandit = table("15_bandit.ipynb")
+    bandit = table("15_bandit.core.ipynb")
     for name in [*ALGORITHMS, *AGGREGATIONS, *[m for m in BASELINE_METHODS if m != "last"], "corpus_cache_path",
                  "corpus_max_examples_per_task", "bandit_progress.csv", "reference: brute"]:
         assert name in bandit, name
-    rnd = table("11_rnd.ipynb")
+    rnd = table("11_rnd.core.ipynb")
     for name in ["analyze_and_visualize", "analysis.json", *(f"fig_{k}.png" for k in ("loss", "novelty_hist", "score_vs_length", "roc", "seed_spread", "pca"))]:
         assert name in rnd, name
 
 
 def test_bandit_state_files_errors_name_file_line_field(tmp_path):
     from labnb.data import DataError
-    from labnb.rewards import cached_corpus
+    from labnb.bandit.rewards import cached_corpus
     X, mu, _ = synthetic_problem(n_arms=6, noise=0.0, seed=1)
     ids = [f"arm{i}" for i in range(6)]
     cfg = BanditConfig(budget=3)
@@ -208,7 +208,7 @@ def test_bandit_state_files_errors_name_file_line_field(tmp_path):
 
 TWO_SCRIPT = textwrap.dedent("""
     import sys, time
-    from labnb.bandit import BanditConfig, run_bandit, synthetic_problem
+    from labnb.bandit.core import BanditConfig, run_bandit, synthetic_problem
     X, mu, _ = synthetic_problem(n_arms=20, noise=0.0, seed=7)
     def slow(a):
         with open(sys.argv[2], "a") as f: f.write(a + "\\n")
@@ -230,9 +230,9 @@ def test_two_processes_on_one_log_evaluate_each_pull_once(tmp_path):
 
 def test_two_workflow_processes_on_one_folder_evaluate_nothing_twice(tmp_path):
     f = _smoke(tmp_path)
-    slow = ("import sys, time; import labnb.rewards as R; score = R.mteb_score\n"
+    slow = ("import sys, time; import labnb.bandit.rewards as R; score = R.mteb_score\n"
             "def slow(*a, **k): time.sleep(1.5); return score(*a, **k)\n"
-            "R.mteb_score = slow\nfrom labnb.bandit_run import main; sys.exit(main(sys.argv[1:]))")   # wide race windows
+            "R.mteb_score = slow\nfrom labnb.bandit.run import main; sys.exit(main(sys.argv[1:]))")   # wide race windows
     cmd = [sys.executable, "-c", slow, "run", str(f), "-q", "-s", "bandit.budget=1", "-s", f"output_dir={tmp_path}/shared"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     ps = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL) for _ in range(2)]
@@ -258,7 +258,7 @@ def test_bad_training_config_exits_2_with_one_line(tmp_path, capsys, yaml_text, 
 
 def test_train_command_continues_a_model_into_a_grid(tmp_path, capsys, monkeypatch):
     "`labnb bandit train` continues a model contrastively; its checkpoints are a `run:` grid, killed or not."
-    from labnb.bandit import model_grid
+    from labnb.bandit.core import model_grid
     from labnb.models import tiny_model
     init = tmp_path / "init"
     m, tk = tiny_model("bert"); m.save_pretrained(init); tk.save_pretrained(init)

@@ -200,7 +200,7 @@ def test_broken_file_is_one_line_error(mirror, rel, name, write, line, field, ms
 
 
 def test_empty_pair_dataset_is_named_not_a_later_crash(mirror):
-    from labnb.rnd import pair_texts
+    from labnb.rnd.core import pair_texts
     root = mirror({"gsm8k/grade_school_math/data/test.jsonl": ""})
     e = error_of(lambda: pair_texts("gsm8k", "test", 5))
     assert "test.jsonl" in str(e) and "no records" in str(e) and "kind None" not in str(e)
@@ -212,7 +212,7 @@ def test_empty_pair_dataset_is_named_not_a_later_crash(mirror):
 def test_near_group_reads_its_own_rows_and_refuses_items_shared_with_seen(mirror):
     import json
     from labnb.core import ConfigError
-    from labnb.rnd import NoveltyExperiment, pair_texts
+    from labnb.rnd.core import NoveltyExperiment, pair_texts
     row = lambda q, sol: json.dumps({"question": q, "answer": f"{sol}\n#### 1"}) + "\n"
     gsm = "gsm8k/grade_school_math/data/"
     mirror({gsm + "train.jsonl": "".join(row(f"train {i}", "s") for i in range(4)),
@@ -234,7 +234,7 @@ def test_near_group_reads_its_own_rows_and_refuses_items_shared_with_seen(mirror
 
 
 def test_bandit_cli_reports_broken_data_in_one_line(mirror, tmp_path, capsys):
-    from labnb.bandit_run import main
+    from labnb.bandit.run import main
     mirror({"embed_bench/sst2/glue_sst2_dev_872.tsv": "sentence\tlabel\ngood\t1\nbad\t7\n"})
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"grid: tiny\nreward: {{tasks: [SST2]}}\ncorpus_cache_path: {tmp_path}/corpus.json\noutput_dir: {tmp_path}/out\n")

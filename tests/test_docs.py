@@ -72,10 +72,10 @@ def test_every_library_page_has_its_api_reference(site):
 
 def test_names_link_to_their_own_page(site):
     h, out, *_ = site
-    rnd = (out / "rnd.html").read_text()
+    rnd = (out / "rnd.core.html").read_text()
     links = set(re.findall(r'href="([^"]*#[^"]*evaluate)"', rnd))
-    assert links == {"#labnb.rnd.evaluate"}, links                       # not llgbm.html#evaluate
-    assert 'class="doc-section-title">Parameters' in "".join((out / p).read_text() for p in ("rnd.html", "embeddings.html", "lora.html"))
+    assert links == {"#labnb.rnd.core.evaluate"}, links                       # not llgbm.html#evaluate
+    assert 'class="doc-section-title">Parameters' in "".join((out / p).read_text() for p in ("rnd.core.html", "embeddings.html", "llgbm.lora.html"))
 
 
 def test_run_pages_open_with_findings_and_show_progress_as_text(site):
@@ -100,7 +100,7 @@ def test_search_math_and_highlighting(site):
     h, out, *_ = site
     index = json.loads((out / "search" / "search_index.json").read_text())
     assert any("function vector" in d["text"].lower() and d["location"].startswith("runs/") for d in index["docs"])
-    rnd = (out / "rnd.html").read_text()
+    rnd = (out / "rnd.core.html").read_text()
     assert 'class="arithmatex"' in rnd and "assets/labnb/tex-svg.js" in rnd and (out / "assets/labnb/tex-svg.js").is_file()
     assert '<div class="highlight"><pre>' in rnd and 'class="md-nav md-nav--secondary"' in rnd   # code, "on this page"
 
@@ -114,11 +114,11 @@ def test_build_writes_nothing_under_results_and_is_incremental(site):
     nb = json.loads(run.read_text()); nb["cells"].append({"cell_type": "markdown", "id": "extra", "metadata": {}, "source": "More."})
     run.write_text(json.dumps(nb))
     assert stage(find_pages(h / "nbs"), src) == ["runs/smoke_run.md"]
-    lib = h / "nbs" / "11_rnd.ipynb"                                           # a new heading: its page and the pages linking it
+    lib = h / "nbs" / "11_rnd.core.ipynb"                                           # a new heading: its page and the pages linking it
     nb = json.loads(lib.read_text()); nb["cells"].append({"cell_type": "markdown", "id": "extra", "metadata": {}, "source": "## A new section"})
     lib.write_text(json.dumps(nb))
     again = stage(find_pages(h / "nbs"), src)
-    assert "rnd.md" in again and len(again) < len(pages) // 2, again
+    assert "rnd.core.md" in again and len(again) < len(pages) // 2, again
     assert seconds < 150, seconds
 
 

@@ -11,9 +11,9 @@ from labnb.data import DataError
 
 from labnb.models import tiny_model, model_spec
 from labnb.hooks import hook_module, head_weight
-from labnb.fv import (PromptFormat, sample_trials, encode, answer_token, score_prompts, score_injected, indirect_effects,
+from labnb.fv.core import (PromptFormat, sample_trials, encode, answer_token, score_prompts, score_injected, indirect_effects,
                       patched_probs, read_relation_csv, PATCH_METHODS, corrupted_prompt, all_heads)
-from labnb.fv_qwise import (FVConfig, run_fv_qwise, q_dir, artifacts_dir, layer_files, stage_files, status_table, SUMMARY_FILE,
+from labnb.fv.qwise import (FVConfig, run_fv_qwise, q_dir, artifacts_dir, layer_files, stage_files, status_table, SUMMARY_FILE,
                             qid_complete, run_diffs,
                             result_diffs, run_summary, qid_statuses)
 
@@ -149,7 +149,7 @@ def test_bad_relation_dataframe(tmp_path):
 
 def test_empty_relation_source(tmp_path, monkeypatch):
     "A source without rows makes no relation file: one DataError naming the source (once an AttributeError)."
-    import labnb.fv as fv
+    import labnb.fv.core as fv
     monkeypatch.setitem(fv.RELATION_SOURCES, "empty", lambda name: [])
     with pytest.raises(DataError, match="empty/none: no rows .* q_id 'x'"):
         fv.build_relation_csv({"x": "empty/none"}, out_dir=tmp_path)
@@ -169,7 +169,7 @@ def test_template_reports_bad_relation_file(tmp_path, capsys):
 KILL_SCRIPT = textwrap.dedent('''
     import os, signal, sys, pandas as pd, torch
     torch.set_num_threads(1)
-    import labnb.fv_qwise as fq
+    import labnb.fv.qwise as fq
     from labnb.models import tiny_model
     out, kill = sys.argv[1], sys.argv[2] == "kill"
     orig = fq.eval_layer
@@ -226,7 +226,7 @@ def _completed_files(out: Path, q: str) -> dict:
 @pytest.mark.parametrize("kill_at", [1, 4, 9, 15, 18, 24])   # meta, StepD, StepE, zero-shot, a layer, the summary
 def test_kill_at_any_write_then_resume(tmp_path, monkeypatch, kill_at):
     "Stopped at the k-th file write of a q_id, then resumed: the same final files; no completed stage runs again."
-    import labnb.fv_qwise as fq
+    import labnb.fv.qwise as fq
     model, tok = tiny_model("llama")
     ref, out = tmp_path / "ref", tmp_path / "out"
     run_fv_qwise(model, tok, relation(False), ref, CFG, progress=False)
@@ -246,8 +246,8 @@ def test_kill_at_any_write_then_resume(tmp_path, monkeypatch, kill_at):
 
 def test_spec_contract(tmp_path, monkeypatch):
     "The design document's constants, prompt, file names, and Step6 reading its frozen zero-shot prompts."
-    import labnb.fv_qwise as fq
-    from labnb.fv import zeroshot_prompt
+    import labnb.fv.qwise as fq
+    from labnb.fv.core import zeroshot_prompt
     assert (fq.N_DEMOS, fq.TOPK, fq.ALPHA, fq.N_TRIALS_PER_Q, fq.N_EVAL, fq.SEED, fq.SCORE_KEY) == (9, 20, 1.0, 25, 50, 0, "mean_delta_p")
     assert fq.INPUT_CSV == "datasets/relation/relationA_ex.csv"
     spec = FVConfig.preset("spec")
@@ -291,7 +291,7 @@ def test_suffix_patching_survives_a_library_that_wraps_attention_functions():
     import subprocess, sys
     code = """import torch
 from labnb.models import tiny_model, model_spec
-from labnb.fv import patched_probs
+from labnb.fv.core import patched_probs
 m, t = tiny_model("llama"); spec = model_spec(m)
 ids = list(range(5, 25)); mean = torch.randn(spec.n_layers, spec.n_heads, spec.d_head, generator=torch.Generator().manual_seed(0))
 a = patched_probs(m, spec, ids, 7, mean, method="suffix")

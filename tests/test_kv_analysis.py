@@ -5,12 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from labnb.kv_score import (normalize_answer, exact_match, token_f1, contains_match, score_response, score_store,
+from labnb.kv.score import (normalize_answer, exact_match, token_f1, contains_match, score_response, score_store,
                             FAILURE_RULES)
-from labnb.kv_store import KVStore
-from labnb.kv_analyze import (AnalysisConfig, bootstrap_ci, bootstrap_diff_ci, detect_transition, detect_transition_ci,
+from labnb.kv.store import KVStore
+from labnb.kv.analyze import (AnalysisConfig, bootstrap_ci, bootstrap_diff_ci, detect_transition, detect_transition_ci,
                               focus_plan, load_results, summarize, synthetic_store, transitions)
-from labnb.kv_report import request_status, write_report
+from labnb.kv.report import request_status, write_report
 
 UUID = "3f2a9b1c-0d4e-4a5b-9c8d-7e6f5a4b3c2d"
 
@@ -123,7 +123,7 @@ def test_transitions_per_bin_and_focus_plan(tmp_path):
 
 
 def test_above_chance_binomial_by_hand():
-    from labnb.kv_analyze import above_chance, binom_sf
+    from labnb.kv.analyze import above_chance, binom_sf
     assert binom_sf(2, 3, 0.25) == pytest.approx(10 / 64)        # 3*(1/4)^2*(3/4) + (1/4)^3
     assert above_chance([1, 1, 1], 0.25) and not above_chance([1, 1, 0], 0.25)
     assert above_chance([1, 0, 0], 0.0) and not above_chance([0, 0, 0], 0.0)
@@ -150,7 +150,7 @@ def test_report_complete_run(tmp_path):
 
 def test_a_new_analysis_version_is_not_served_from_the_stored_analysis(tmp_path, monkeypatch):
     "The persisted analysis is reused only when scores, config AND the analysis code's version are unchanged."
-    import labnb.kv_analyze as ka
+    import labnb.kv.analyze as ka
     st = synthetic_store(tmp_path / "kv.sqlite", n_per_bin=4, bins=2, budgets=(1.0, 0.25))
     k1 = ka.analysis_key(st, AnalysisConfig(n_boot=100))
     assert ka.analysis_key(st, AnalysisConfig(n_boot=100)) == k1
@@ -160,7 +160,7 @@ def test_a_new_analysis_version_is_not_served_from_the_stored_analysis(tmp_path,
 
 def test_bins_at_0_of_n_and_n_of_n_get_wilson_bars_not_zero_width(tmp_path):
     "5/5 and 0/5 bins: the CI is Wilson's (never zero width) and the accuracy figure draws it."
-    from labnb.kv_analyze import plot_accuracy
+    from labnb.kv.analyze import plot_accuracy
     curve = lambda task, press, b, budget: 1.0 if budget >= 0.5 else 0.0
     res = load_results(synthetic_store(tmp_path / "kv.sqlite", n_per_bin=5, bins=2, budgets=(1.0, 0.5, 0.1), curve=curve, fail=0.0))
     sm = summarize(res, n_boot=200)

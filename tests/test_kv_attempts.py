@@ -1,9 +1,9 @@
 """The failure log numbers a request's attempts across invocations: a rerun continues at the next number."""
 import yaml
 
-from labnb.kv_cli import main
-from labnb.kv_server import FaultScript, serve
-from labnb.kv_store import KVStore
+from labnb.kv.cli import main
+from labnb.kv.server import FaultScript, serve
+from labnb.kv.store import KVStore
 
 
 def test_attempt_numbers_continue_across_resumes(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labnb.kv_cli import main
+from labnb.kv.cli import main
 
 
 def write_exp(tmp_path, name="bad", tasks=None) -> Path:

@@ -6,18 +6,18 @@ from pathlib import Path
 
 import yaml
 
-from labnb.kv_config import load_kv_config
-from labnb.kv_prepare import prepare
-from labnb.kv_store import KVStore
+from labnb.kv.config import load_kv_config
+from labnb.kv.prepare import prepare
+from labnb.kv.store import KVStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
 WORKER = textwrap.dedent('''
     import hashlib, os, sys, time
     from pathlib import Path
-    from labnb.kv_config import load_kv_config
-    from labnb.kv_engines import GenResult
-    from labnb.kv_run import KVRunner
+    from labnb.kv.config import load_kv_config
+    from labnb.kv.engines import GenResult
+    from labnb.kv.run import KVRunner
 
     class SlowEngine:
         "Answers with this process's pid after a short wait; logs every execution before answering."
@@ -86,7 +86,7 @@ def test_sigkill_of_one_process_loses_nothing_and_reruns_only_the_request_in_fli
     os.kill(victim.pid, signal.SIGKILL); victim.wait()
     before = {(r["run_id"], r["example_id"]): r["text"] for r in st.query("SELECT * FROM responses")}
     assert procs[1].wait(timeout=300) == 0
-    from labnb.kv_cli import main
+    from labnb.kv.cli import main
     assert main(["run", str(exp), "-q"]) == 0                       # finishes a request the survivor could not take yet
     after = {(r["run_id"], r["example_id"]): r["text"] for r in st.query("SELECT * FROM responses")}
     assert all(after[k] == v for k, v in before.items())           # no completed request was lost or redone

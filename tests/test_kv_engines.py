@@ -5,10 +5,10 @@ import copy, time
 import pytest
 import torch
 
-from labnb.kv_engines import GenRequest, OpenAIEngine, Pacer, TransformersEngine, make_press
-from labnb.kv_prepare import PROMPTS, TASKS
-from labnb.kv_config import TaskCfg
-from labnb.kv_server import FaultScript, kv_app, serve
+from labnb.kv.engines import GenRequest, OpenAIEngine, Pacer, TransformersEngine, make_press
+from labnb.kv.prepare import PROMPTS, TASKS
+from labnb.kv.config import TaskCfg
+from labnb.kv.server import FaultScript, kv_app, serve
 from labnb.models import tiny_model
 
 torch.set_num_threads(1)
@@ -39,7 +39,7 @@ def _example(n_sentences=(12, 14), i=0):
 def test_same_text_as_kvpress_pipeline(smol, press, budget_kind, budget, style):
     "Same example, press and budget: labnb's engine and kvpress's pipeline produce exactly the same text."
     from kvpress import KVPressTextGenerationPipeline
-    from labnb.kv_engines import compression_ratio
+    from labnb.kv.engines import compression_ratio
     model, tok = smol
     ptok = tok if style == "chat" else copy.deepcopy(tok)
     if style == "plain": ptok.chat_template = None                    # the pipeline's plain path: BOS + context, "\n"

@@ -5,8 +5,8 @@ import json, socket, threading, time
 
 import pytest
 
-from labnb.kv_engines import GenRequest, GenResult, OpenAIEngine
-from labnb.kv_server import kv_app, serve
+from labnb.kv.engines import GenRequest, GenResult, OpenAIEngine
+from labnb.kv.server import kv_app, serve
 
 
 class EchoEngine:

@@ -6,10 +6,10 @@ import sqlite3
 import pandas as pd
 import pytest
 
-import labnb.kv_analyze as kva
-from labnb.kv_analyze import AnalysisConfig, analyze, synthetic_store
-from labnb.kv_report import write_report
-from labnb.kv_store import KVStore
+import labnb.kv.analyze as kva
+from labnb.kv.analyze import AnalysisConfig, analyze, synthetic_store
+from labnb.kv.report import write_report
+from labnb.kv.store import KVStore
 
 
 def test_tables_indexes_and_pragmas(tmp_path):
@@ -46,7 +46,7 @@ def test_report_reads_the_persisted_analysis(tmp_path, monkeypatch):
     def boom(*a, **k): raise AssertionError("the report recomputed the analysis")
     for name in ("compute_analysis", "summarize", "transitions", "transition_summary", "bootstrap_ci", "above_chance"):
         monkeypatch.setattr(kva, name, boom)
-    import labnb.kv_report as kvr
+    import labnb.kv.report as kvr
     for name in ("summarize", "above_chance"): monkeypatch.setattr(kvr, name, boom)
     text = write_report(st, tmp_path / "rep", "t", cfg, figures=False).read_text()
     assert "## Per-run statistics by bin" in text and "**snapkv-ratio0.5 · synthetic_kv**" in text

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-import labnb.kv_analyze as kva
-import labnb.kv_engines as kve
-import labnb.kv_prepare as kvp
-from labnb.kv_cli import main
-from labnb.kv_config import load_kv_config
-from labnb.kv_store import KVStore
+import labnb.kv.analyze as kva
+import labnb.kv.engines as kve
+import labnb.kv.prepare as kvp
+from labnb.kv.cli import main
+from labnb.kv.config import load_kv_config
+from labnb.kv.store import KVStore
 
 
 def write_exp(tmp_path, name="port", **over) -> Path:
@@ -48,9 +48,11 @@ def test_prepare_skips_tokenizing_when_dataset_and_tokenizer_are_unchanged(tmp_p
     cfg = load_kv_config(exp)
     first = kvp.prepare(cfg, progress=False)
     def boom(*a, **k): raise AssertionError("tokenized again")
-    monkeypatch.setattr(kve, "count_prompt_tokens", boom); monkeypatch.setattr(kvp, "load_tokenizer", boom)
-    again = kvp.prepare(cfg, progress=False)
-    assert again["created"] == first["created"] and again["dataset_hash"] == first["dataset_hash"]
+    loaded, load = [], kvp.load_tokenizer
+    monkeypatch.setattr(kve, "count_prompt_tokens", boom)                 # the examples are not tokenized again;
+    monkeypatch.setattr(kvp, "load_tokenizer", lambda n: loaded.append(n) or load(n))  # the tokenizer is loaded: its
+    again = kvp.prepare(cfg, progress=False)                                         # behaviour is part of the key
+    assert again["created"] == first["created"] and again["dataset_hash"] == first["dataset_hash"] and loaded
     with pytest.raises(AssertionError, match="tokenized again"):       # another dataset is tokenized
         kvp.prepare(load_kv_config(exp, ["prepare.seed=1"]), progress=False)
     with pytest.raises(AssertionError, match="tokenized again"):       # another tokenizer too
@@ -59,7 +61,7 @@ def test_prepare_skips_tokenizing_when_dataset_and_tokenizer_are_unchanged(tmp_p
 
 def test_analyze_skips_when_scores_and_config_are_unchanged(tmp_path, monkeypatch):
     st = kva.synthetic_store(tmp_path / "kv.sqlite", n_per_bin=5, bins=2, budgets=(1.0, 0.5))
-    from labnb.kv_score import score_store
+    from labnb.kv.score import score_store
     score_store(st, progress=False)
     cfg = kva.AnalysisConfig(n_boot=200)
     first = kva.analyze(st, cfg=cfg)

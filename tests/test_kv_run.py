@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from labnb.kv_cli import main
-from labnb.kv_config import load_kv_config
-from labnb.kv_store import KVStore
+from labnb.kv.cli import main
+from labnb.kv.config import load_kv_config
+from labnb.kv.store import KVStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def test_resume_after_sigkill(tmp_path):
     exp = write_exp(tmp_path, "kill", **{"engine.max_new_tokens": 24, "prepare.per_bin": 6, "run.budgets": [1.0, 0.5]})
     assert main(["prepare", str(exp), "-q"]) == 0
     db = tmp_path / "kill" / "kv.sqlite"
-    code = f"import sys; from labnb.kv_cli import main; sys.exit(main(['run', {str(exp)!r}, '-q']))"
+    code = f"import sys; from labnb.kv.cli import main; sys.exit(main(['run', {str(exp)!r}, '-q']))"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env)
     st, deadline = KVStore(db), time.time() + 120
@@ -108,7 +108,7 @@ def test_guardrails(tmp_path, capsys):
 
 
 def test_http_run_against_fault_server_persists_failures(tmp_path):
-    from labnb.kv_server import FaultScript, serve
+    from labnb.kv.server import FaultScript, serve
     fs = FaultScript(["429", "500", "ok", "503", "503", "503"] + ["ok"] * 40, answer="1234")
     with serve(fs, max_seconds=120) as url:
         exp = write_exp(tmp_path, "http", **{"engine.name": "openai_completions", "engine.base_url": url, "engine.model": "fault",
@@ -134,7 +134,7 @@ class BudgetEngine:
     "A stand-in engine whose accuracy is a known function of the budget: all right at >= 0.5, ~1/2 at 0.25, ~1/4 below."
     name = "budget-stub"
     def generate(self, req, on_failure=None, on_text=None):
-        from labnb.kv_engines import GenResult
+        from labnb.kv.engines import GenResult
         value = next(l.split(": ")[1] for l in req.context.splitlines() if l.startswith(req.question.split("Key: ")[-1] + ": "))
         import hashlib
         coin = int(hashlib.md5(req.question.encode()).hexdigest(), 16) % 4   # fixed per example
@@ -144,8 +144,8 @@ class BudgetEngine:
 
 
 def test_focus_transition_adds_reserve_examples_next_to_the_transition(tmp_path):
-    from labnb.kv_prepare import prepare
-    from labnb.kv_run import KVRunner
+    from labnb.kv.prepare import prepare
+    from labnb.kv.run import KVRunner
     exp = write_exp(tmp_path, "focus", **{"prepare.tasks": [{"name": "synthetic_kv", "n_examples": 30, "params": {"n_keys": [4, 16]}}],
                                            "run.presses": ["knorm"], "run.budgets": [1.0, 0.5, 0.25, 0.1],
                                            "run.sampling": "focus_transition", "run.focus": {"rounds": 2, "add_per_bin": 3},

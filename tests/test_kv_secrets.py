@@ -5,8 +5,8 @@ from pathlib import Path
 
 import yaml
 
-from labnb.kv_cli import main
-from labnb.kv_server import FaultScript, serve
+from labnb.kv.cli import main
+from labnb.kv.server import FaultScript, serve
 
 SENTINEL = "sk-SENTINEL-7d1f0c2b9a"
 
@@ -35,6 +35,6 @@ def test_api_key_never_written_nor_printed(tmp_path, monkeypatch, capsys, caplog
     assert any(p.name == "kv.sqlite" for p in files) and any(p.name == "report.md" for p in files)
     for p in files:                                                      # sqlite (+ WAL), manifest, csv, figures, report
         assert SENTINEL.encode() not in p.read_bytes(), p
-    from labnb.kv_store import KVStore
+    from labnb.kv.store import KVStore
     st = KVStore(tmp_path / "sec" / "kv.sqlite")
     assert {r["config"]["engine"]["api_key"] for r in st.runs()} == {"${OPENAI_API_KEY} (redacted)"}

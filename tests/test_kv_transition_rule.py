@@ -3,7 +3,7 @@ robust to float error (means of 5 examples), per bin and pooled over bins (with 
 import numpy as np
 import pandas as pd
 
-from labnb.kv_analyze import AnalysisConfig, analyze, detect_transition, transition_summary, transitions
+from labnb.kv.analyze import AnalysisConfig, analyze, detect_transition, transition_summary, transitions
 
 BUDGETS = (1.0, 0.5, 0.25, 0.1)
 

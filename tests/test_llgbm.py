@@ -10,10 +10,10 @@ from torch import nn
 
 from labnb.models import tiny_model
 from labnb.store import ArrayCache
-from labnb.lora import LoraSpec, lora_layout, random_lora, init_lora, functional_lora, unflatten_lora, peft_model_of, lora_from_peft
-from labnb.deltas import ProbeConfig, DeltaConfig, probe_set, compute_deltas, delta_activations, base_states
-from labnb.llgbm import make_config, save_config, read_config, PRESETS
-from labnb.llgbm_cli import main as cli
+from labnb.llgbm.lora import LoraSpec, lora_layout, random_lora, init_lora, functional_lora, unflatten_lora, peft_model_of, lora_from_peft
+from labnb.llgbm.deltas import ProbeConfig, DeltaConfig, probe_set, compute_deltas, delta_activations, base_states
+from labnb.llgbm.core import make_config, save_config, read_config, PRESETS
+from labnb.llgbm.cli import main as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,7 @@ def test_config_round_trip_and_hash(tmp_path):
         assert back == cfg and back.config_hash() == cfg.config_hash()
     hashes = {p: make_config(p).config_hash() for p in PRESETS}
     assert len(set(hashes.values())) == len(PRESETS)
-    code = "from labnb.llgbm import make_config, PRESETS; print(*[make_config(p).config_hash() for p in PRESETS])"
+    code = "from labnb.llgbm.core import make_config, PRESETS; print(*[make_config(p).config_hash() for p in PRESETS])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert out.stdout.split() == list(hashes.values())        # stable across processes
 
@@ -121,7 +121,7 @@ import json, os, signal, time
 
 import pandas as pd
 
-from labnb.deltas import PROBES, AGGREGATES
+from labnb.llgbm.deltas import PROBES, AGGREGATES
 from labnb.store import StatusTable
 
 SMOKE = str(ROOT / "configs" / "llgbm" / "smoke.yaml")
@@ -184,7 +184,7 @@ def test_empty_task_data_names_file_and_key(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "run").exists() and not (tmp_path / ".cache").exists()
 
 
-_CLI = "import sys; from labnb.llgbm_cli import main; sys.exit(main(sys.argv[1:]))"
+_CLI = "import sys; from labnb.llgbm.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 def _start(args, env):
@@ -202,7 +202,7 @@ def _kill_when(proc, cond, timeout=120):
 
 def test_sigkill_teachers_deltas_generator_resume(tmp_path, monkeypatch):
     "SIGKILL during teacher training, then during generator training: no finished unit is redone and the final weights equal an uninterrupted run's."
-    from labnb.llgbm import make_config, teacher_root, train_run, load_generator, setup
+    from labnb.llgbm.core import make_config, teacher_root, train_run, load_generator, setup
     env = {**os.environ, "LABNB_HOME": str(tmp_path), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     over = ["teacher.steps=20", "train.steps=12", "train.save_interval=2"]
     args = ["train", str(tmp_path / "run"), "--config-file", SMOKE, *sum([["-s", o] for o in over], []), "--quiet"]
@@ -271,7 +271,7 @@ def test_cli_design_commands(tmp_path, capsys, monkeypatch):
 
 
 def test_training_warmup_clipping_eval_and_save_interval(tiny, tmp_path, monkeypatch):
-    from labnb.llgbm import setup, ensure_teachers, teacher_data, task_embeddings, train_generator
+    from labnb.llgbm.core import setup, ensure_teachers, teacher_data, task_embeddings, train_generator
     monkeypatch.setenv("LABNB_HOME", str(tmp_path))
     torch.set_num_threads(1)
     cfg = make_config("delta_multi", SMOKE, ["train.steps=5", "train.warmup_steps=4", "train.max_grad_norm=0.000001",
@@ -283,7 +283,7 @@ def test_training_warmup_clipping_eval_and_save_interval(tiny, tmp_path, monkeyp
     def spy(self, *a, **k):
         seen.append((self.param_groups[0]["lr"], float(torch.sqrt(sum(p.grad.pow(2).sum() for p in self.param_groups[0]["params"] if p.grad is not None)))))
         return step(self, *a, **k)
-    import labnb.llgbm as L
+    import labnb.llgbm.core as L
     save = L._save_checkpoint
     monkeypatch.setattr(torch.optim.AdamW, "step", spy)
     monkeypatch.setattr(L, "_save_checkpoint", lambda path, gen, opt, rng, history, evals, s, c: (saved.append(s), save(path, gen, opt, rng, history, evals, s, c)))
@@ -316,7 +316,7 @@ def test_probes_five_per_domain_and_aggregates(tiny, tmp_path):
 
 def test_two_processes_one_run_folder(tmp_path, monkeypatch):
     "Two `train` processes on one run folder and one teacher folder: each teacher and each generator step is trained once."
-    from labnb.llgbm import make_config, teacher_root
+    from labnb.llgbm.core import make_config, teacher_root
     monkeypatch.setenv("LABNB_HOME", str(tmp_path))
     env = {**os.environ, "LABNB_HOME": str(tmp_path), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     over = ["teacher.steps=10", "train.steps=8", "train.save_interval=2"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from labnb.embeddings import embedding_entry, load_embeddings, precompute_embeddings, texts_sha256, tiny_encoder
-from labnb.rnd import (NoveltyExperiment, PairInputs, RNDConfig, check_differs, evaluate, make_controls, run_seeds,
+from labnb.rnd.core import (NoveltyExperiment, PairInputs, RNDConfig, check_differs, evaluate, make_controls, run_seeds,
                        score, summarize, train_rnd)
 from labnb.store import ArrayCache, CacheMismatch, RunFolder
 
@@ -28,7 +28,7 @@ CFG = RNDConfig(target_layers=[32], predictor_layers=[64], out_dim=16, epochs=12
 
 def test_training_lowers_seen_error():
     train, held, _ = _subspace_data()
-    from labnb.rnd import RND
+    from labnb.rnd.core import RND
     from labnb.core import seed_everything
     seed_everything(0)
     before = score(RND(train.shape[1], CFG), held).mean()
@@ -200,7 +200,7 @@ def test_embedding_cache_survives_sigkill_at_any_moment(tmp_path):
 
 def test_analysis_makes_six_figures_and_json(tmp_path):
     import json
-    from labnb.rnd import analyze_and_visualize
+    from labnb.rnd.core import analyze_and_visualize
     train, held, novel = _subspace_data(4)
     emb = {"train": (train[:, :6], train[:, 6:]), "seen": (held[:, :6], held[:, 6:]), "unseen": (novel[:, :6], novel[:, 6:])}
     res = run_seeds(emb, CFG.replace(epochs=2), [0, 1], run=RunFolder(tmp_path / "run"), progress=False)
@@ -217,7 +217,7 @@ def test_analysis_makes_six_figures_and_json(tmp_path):
 
 def test_pair_texts_names_bad_datasets():
     from labnb.data import DataError
-    from labnb.rnd import pair_texts
+    from labnb.rnd.core import pair_texts
     with pytest.raises(DataError, match="holds LabelledText records, not pairs"):
         pair_texts("sst2", "dev", 3)
 
