@@ -73,3 +73,14 @@ def test_no_import_cycle_at_module_level():
         state[m] = "done"
     for m in MODULES:
         if m not in state: visit(m, [m])
+
+def test_patching_through_a_package_reaches_its_module_and_is_undone(monkeypatch):
+    "Code written for the flat modules patches `labnb.llgbm.X`: the patch must reach `labnb.llgbm.core` and go away."
+    import labnb.llgbm, labnb.llgbm.core as core
+    orig = core.make_config
+    monkeypatch.setattr("labnb.llgbm.make_config", "first")
+    monkeypatch.setattr(labnb.llgbm, "make_config", "second")
+    assert core.make_config == "second" and labnb.llgbm.make_config == "second"
+    monkeypatch.setattr(labnb.llgbm, "_not_there_before", 1, raising=False)
+    monkeypatch.undo()
+    assert core.make_config is orig and labnb.llgbm.make_config is orig and not hasattr(core, "_not_there_before")
