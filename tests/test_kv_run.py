@@ -163,3 +163,11 @@ def test_focus_transition_adds_reserve_examples_next_to_the_transition(tmp_path)
     import json
     assert all(json.loads(m["meta"])["pool_rank"] >= 3 for m in added)   # drawn from the reserve, never the first sample
     assert st.query("SELECT COUNT(*) AS n FROM requests WHERE status != 'completed'")[0]["n"] == 0
+    n = st.query("SELECT COUNT(*) AS n FROM requests")[0]["n"]
+    KVRunner(cfg, engine=BudgetEngine()).run(progress=False)                 # a rerun of a finished run adds nothing
+    assert st.query("SELECT COUNT(*) AS n FROM requests")[0]["n"] == n
+    last = st.query("SELECT MAX(round) AS r FROM requests")[0]["r"]
+    with st.tx() as c: c.execute("UPDATE requests SET status='pending' WHERE round = ?", (last,))   # died inside the last round
+    KVRunner(cfg, engine=BudgetEngine()).run(progress=False)
+    assert st.query("SELECT COUNT(*) AS n FROM requests")[0]["n"] == n
+    assert st.query("SELECT COUNT(*) AS n FROM requests WHERE status != 'completed'")[0]["n"] == 0

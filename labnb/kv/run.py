@@ -157,7 +157,8 @@ def execute(self: KVRunner, spec: RunSpec, progress: bool = True, limit: int|Non
 
 @patch
 def run(self: KVRunner, progress: bool = True, limit: int|None = None, only: list[str]|None = None) -> dict:
-    "Execute every planned run (uniform sample; then `focus_transition` rounds if configured). Returns counts per run."
+    """Execute every planned run (uniform sample; then the `focus_transition` rounds not done yet, if configured).
+    Returns counts per run. A rerun finishes what an interrupted one left and adds no round beyond `run.focus.rounds`."""
     if self.engine is None: self.engine = make_engine(self.cfg.engine)
     specs = [s for s in plan_runs(self.cfg) if only is None or s.run_id in only]
     ids = selected_ids(self.manifest)
@@ -167,7 +168,9 @@ def run(self: KVRunner, progress: bool = True, limit: int|None = None, only: lis
             self.open_run(s); self.add(s, ids)
         for s in specs: out[s.run_id] = self.execute(s, progress, limit)
         if self.cfg.run.sampling == "focus_transition" and limit is None:
-            for r in range(1, self.cfg.run.focus.rounds + 1):
+            done = self.store.query(f"SELECT COALESCE(MAX(round), 0) AS r FROM requests WHERE run_id IN ({','.join('?' * len(specs))})",
+                                    tuple(s.run_id for s in specs))[0]["r"]        # a resumed run continues its rounds
+            for r in range(done + 1, self.cfg.run.focus.rounds + 1):
                 added = focus_round(self, r, specs)
                 if not added: break
                 for s in specs: out[s.run_id] = self.execute(s, progress)
