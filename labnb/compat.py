@@ -96,6 +96,11 @@ class MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         self._specs[spec.name] = mod.__spec__          # the import system stamps the old spec on it: put it back
         return mod
     def exec_module(self, module): module.__spec__ = self._specs.pop(module.__spec__.name, module.__spec__)
+    def get_code(self, name: str):
+        "For `python -m OLD.PATH`: code that runs the new module as `__main__`."
+        new = self.moved[name]
+        warnings.warn(f"{name} moved to {new}; run python -m {new}", DeprecationWarning, stacklevel=2)
+        return compile(f"import runpy; runpy.run_module({new!r}, run_name='__main__', alter_sys=True)", f"<{name}: {new}>", "exec")
 
 def install_moved(moved: dict = MOVED) -> MovedModules:
     "Serve the old paths of `moved` (once per process; `labnb/__init__.py` calls it)."
