@@ -309,7 +309,8 @@ def transition_summary(res: pd.DataFrame, metric: str = "f1", threshold: float =
 # %% ../../nbs/37_kv.analyze.ipynb #25bed777
 def focus_plan(res: pd.DataFrame, metric: str = "f1", target_width: float = 0.2, cap: int = 100, threshold: float = 0.1,
                rule: str = "diff", level: float = 0.95, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
-    "Cells (task, press, budget_kind, bin, budget, run_id) next to each transition, with their CI width and `n_more`."
+    """Cells (task, press, budget_kind, bin, budget, run_id) next to each transition, with their CI width, the width of
+    the drop's CI between them, and `n_more`: sampling is done when both the cells and the drop are within `target_width`."""
     if target_width <= 0: raise ValueError(f"target_width must be > 0, got {target_width}")
     rows = []
     res_b = with_baseline(res)
@@ -323,17 +324,22 @@ def focus_plan(res: pd.DataFrame, metric: str = "f1", target_width: float = 0.2,
             bs = _desc(samples)
             steps = [(samples[p].mean() - samples[c].mean(), p, c) for p, c in zip(bs, bs[1:])]
             _, t.prev_budget, t.budget = max(steps)
+        if t.diff_lo is None: t.diff_lo, t.diff_hi = bootstrap_diff_ci(samples[t.prev_budget], samples[t.budget], level, n_boot,
+                                                                  key_seed(key_seed(seed, *key), t.prev_budget, t.budget))
+        n_pair, wd = min(len(samples[t.prev_budget]), len(samples[t.budget])), t.diff_hi - t.diff_lo
+        need_drop = 0 if wd <= target_width else math.ceil(n_pair * (wd / target_width) ** 2)   # the transition's own CI
         cells = []
         for b in (t.prev_budget, t.budget):
             lo, hi = bootstrap_ci(samples[b], level, n_boot, key_seed(seed, b, *key))
             n, w = len(samples[b]), hi - lo
             need = n if w <= target_width else math.ceil(n * (w / target_width) ** 2)
             cells.append(dict(zip(["task", "press", "budget_kind", "bin"], key), budget=b,
-                              run_id=by_b[b].run_id.iloc[0], n=n, ci_width=w, need=need))
+                              run_id=by_b[b].run_id.iloc[0], n=n, ci_width=w, drop_ci_width=wd, need=max(need, need_drop)))
         target = min(cap, max(c["need"] for c in cells))
         for c in cells: c["n_target"] = max(target, c["n"]); c["n_more"] = max(0, target - c["n"]); del c["need"]
         rows += cells
-    return pd.DataFrame(rows, columns=["task", "press", "budget_kind", "bin", "budget", "run_id", "n", "ci_width", "n_target", "n_more"])
+    return pd.DataFrame(rows, columns=["task", "press", "budget_kind", "bin", "budget", "run_id", "n", "ci_width", "drop_ci_width",
+                                       "n_target", "n_more"])
 
 # %% ../../nbs/37_kv.analyze.ipynb #9c70041b
 def kv_memory(res: pd.DataFrame) -> pd.DataFrame:
