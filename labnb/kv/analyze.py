@@ -492,7 +492,7 @@ def compute_analysis(res: pd.DataFrame, cfg: AnalysisConfig) -> dict:
                 full_chance=full_chance(res, sm, metrics, cfg), bin_stats=bin_stats_frame(sm, metrics),
                 memory=kv_memory(res), efficiency=efficiency(res),
                 focus_plan=per_task(lambda r, m: focus_plan(r, m, cfg.target_width, cfg.cap, cfg.threshold, cfg.rule, cfg.level,
-                                                            min(cfg.n_boot, 1000), cfg.seed)))
+                                                            cfg.n_boot, cfg.seed)))   # the CIs of `transitions`
 
 ANALYSIS_VERSION = 2   # bumped when the analysis computes something else from the same scores (2: Wilson CIs for 0/1 metrics)
 

@@ -188,7 +188,7 @@ def focus_round(self, round: int, specs: list[RunSpec]) -> int:
     added = 0
     for task in sorted(res.task.unique()):
         plan = focus_plan(res[res.task == task], acfg.metric or task_metric(task), acfg.target_width, acfg.cap,
-                          acfg.threshold, acfg.rule, acfg.level, min(acfg.n_boot, 1000), acfg.seed)
+                          acfg.threshold, acfg.rule, acfg.level, acfg.n_boot, acfg.seed)   # the report's CIs
         for row in plan[plan.n_more > 0].itertuples():
             if row.run_id not in by_id: continue
             have = {r["example_id"] for r in self.store.query("SELECT example_id FROM requests WHERE run_id=?", (row.run_id,))}
