@@ -220,24 +220,26 @@ def tokenizer_fingerprint(tok) -> str:
     ids = tok(TOKENIZER_PROBE, add_special_tokens=True)["input_ids"]
     return hashlib.sha256(json.dumps([len(tok), [int(i) for i in ids]]).encode()).hexdigest()[:16]
 
-def prepare_key(cfg, raw: dict, tokenizer_fp: str = "") -> str:
-    """Hash of what tokens and bins depend on: the loaded examples of every task, the tokenizer (its name and
-    `tokenizer_fingerprint`), templates, styles and prepare settings."""
+def prepare_key(cfg, raw: dict, tokenizer_fp: str|None = None) -> str:
+    """Hash of what tokens and bins depend on: the loaded examples of every task, the tokenizer (its name and, given,
+    its `tokenizer_fingerprint`), templates, styles and prepare settings. Without `tokenizer_fp` it is the data key
+    (the whole key of manifests written before the fingerprint)."""
     p = cfg.prepare
-    h = hashlib.sha256(json.dumps([cfg.engine.tokenizer or cfg.engine.model, tokenizer_fp, templates_of(cfg), styles_of(cfg),
+    fp = [] if tokenizer_fp is None else [tokenizer_fp]
+    h = hashlib.sha256(json.dumps([cfg.engine.tokenizer or cfg.engine.model, *fp, templates_of(cfg), styles_of(cfg),
                                    p.n_bins, p.per_bin, p.max_tokens, p.seed], sort_keys=True).encode())
     for name in sorted(raw):
         for e in raw[name]: h.update(json.dumps([name, e["question"], e["context"], list(e["answers"]), e.get("meta", {})],
                                                 sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
 
-def _reuse(cfg, key: str) -> dict|None:
-    "The existing manifest if it was prepared from the same key and its examples file is intact, else None."
+def _reuse(cfg, key: str, field: str = "prepare_key") -> dict|None:
+    "The existing manifest if its `field` is `key` and its examples file is intact, else None."
     f = cfg.root / "manifest.json"
     if not f.is_file(): return None
     try: man = read_manifest(cfg)
     except DataError: return None
-    if man.get("prepare_key") != key or not man.get("examples_file"): return None
+    if man.get(field, man.get("prepare_key")) != key or not man.get("examples_file"): return None
     ex = cfg.root / man["examples_file"]
     if not ex.is_file() or file_sha256(ex) != man.get("examples_sha256"): return None
     return man
@@ -252,7 +254,13 @@ def prepare(cfg, tokenizer=None, progress: bool = True, force: bool = False) -> 
     names = [t.name for t in p.tasks]
     if len(set(names)) != len(names): raise ValueError(f"prepare.tasks: a task appears twice in {names}")
     raw = {t.name: [_check_example(e, t, i) for i, e in enumerate(TASKS[t.name].load(t, p.seed))] for t in p.tasks}
-    tok = tokenizer or load_tokenizer(tok_name)                # loaded every time: its behaviour is part of the key
+    try: tok = tokenizer or load_tokenizer(tok_name)           # loaded every time: its behaviour is part of the key
+    except Exception as e:                                     # e.g. a prepared folder copied to a machine without it
+        if force or (man := _reuse(cfg, prepare_key(cfg, raw), field="data_key")) is None: raise
+        logger.warning("%s: tokenizer %s unavailable (%s: %s): the prepared examples of the same data are reused without "
+                       "checking how it counts", cfg.root / "manifest.json", tok_name, type(e).__name__, str(e).splitlines()[0][:120])
+        import_examples(cfg, man)
+        return man
     key = prepare_key(cfg, raw, tokenizer_fingerprint(tok))
     if not force and (man := _reuse(cfg, key)) is not None:
         import_examples(cfg, man)
@@ -293,7 +301,7 @@ def prepare(cfg, tokenizer=None, progress: bool = True, force: bool = False) -> 
     store = KVStore(cfg.db_path)
     store.add_examples(examples)
     man = dict(group=cfg.group, created=now_iso(), tokenizer=tok_name, prompt_style=styles_of(cfg),
-               prompt_template_hash=prompt_hash_of(cfg), dataset_hash=dh, prepare_key=key,
+               prompt_template_hash=prompt_hash_of(cfg), dataset_hash=dh, prepare_key=key, data_key=prepare_key(cfg, raw),
                examples_file=ex_file.name, examples_sha256=file_sha256(ex_file),
                n_examples=len(examples), n_bins=p.n_bins, per_bin=p.per_bin, seed=p.seed, tasks=tasks_out,
                config=redact_secrets(cfg.prepare.to_dict()), **{k: v for k, v in provenance(p.seed).items() if k in ("git", "versions")})
