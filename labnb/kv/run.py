@@ -168,8 +168,7 @@ def run(self: KVRunner, progress: bool = True, limit: int|None = None, only: lis
             self.open_run(s); self.add(s, ids)
         for s in specs: out[s.run_id] = self.execute(s, progress, limit)
         if self.cfg.run.sampling == "focus_transition" and limit is None:
-            done = self.store.query(f"SELECT COALESCE(MAX(round), 0) AS r FROM requests WHERE run_id IN ({','.join('?' * len(specs))})",
-                                    tuple(s.run_id for s in specs))[0]["r"]        # a resumed run continues its rounds
+            done = self.store.last_round(s.run_id for s in specs)          # a resumed run continues its rounds
             for r in range(done + 1, self.cfg.run.focus.rounds + 1):
                 added = focus_round(self, r, specs)
                 if not added: break

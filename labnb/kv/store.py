@@ -286,6 +286,12 @@ def request_counts(self: KVStore, run_id: str) -> dict:
     got = {r["status"]: r["n"] for r in self.query("SELECT status, COUNT(*) AS n FROM requests WHERE run_id=? GROUP BY status", (run_id,))}
     return {s: got.get(s, 0) for s in REQUEST_STATUSES}
 
+@patch
+def last_round(self: KVStore, run_ids: Iterable[str]) -> int:
+    "The last sampling round with requests in any of `run_ids` (0: the uniform pass only)."
+    ids = list(run_ids)
+    return self.query(f"SELECT COALESCE(MAX(round), 0) AS r FROM requests WHERE run_id IN ({','.join('?' * len(ids))})", tuple(ids))[0]["r"]
+
 # %% ../../nbs/30_kv.store.ipynb #6d7acf31
 LEASE_S = 30.0       # a running request's lease; its owner renews it every LEASE_S / 3 while it runs
 
