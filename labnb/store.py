@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['TMP_TAG', 'COMPLETE_FILE', 'LEASE_SECONDS', 'STATUSES', 'MANIFEST_FIELDS', 'StoreError', 'atomic_path',
            'atomic_write', 'jsonable', 'atomic_write_json', 'atomic_write_yaml', 'read_json', 'pid_alive', 'clean_tmp',
-           'save', 'RunFolder', 'open_run', 'connect', 'transaction', 'owner_id', 'owner_alive', 'StatusTable', 'Busy',
-           'file_lock', 'UnitRow', 'CacheMismatch', 'CacheCorrupt', 'file_sha256', 'manifest_key', 'ArrayCache',
-           'ChunkedArray']
+           'save', 'RunFolder', 'open_run', 'open_db', 'connect', 'transaction', 'owner_id', 'owner_alive',
+           'StatusTable', 'Busy', 'file_lock', 'UnitRow', 'CacheMismatch', 'CacheCorrupt', 'file_sha256',
+           'manifest_key', 'ArrayCache', 'ChunkedArray']
 
 # %% ../nbs/01_store.ipynb #0506ef58
-import contextlib, functools, hashlib, json, os, re, socket, sqlite3, tempfile, threading, time, traceback
+import contextlib, functools, hashlib, json, os, random, re, socket, sqlite3, tempfile, threading, time, traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -220,19 +220,32 @@ def _db_error(path, e: Exception) -> Exception:
         return StoreError(path, f"cannot be opened for writing ({msg})", "it must be a file in a folder this user can write")
     return e
 
-def connect(path, timeout: float = 60.0) -> sqlite3.Connection:
-    "The SQLite connection of this process and thread to `path` (opened once: WAL, busy timeout, autocommit)."
-    conns = _LOCAL.__dict__.setdefault("conns", {})
-    if (c := conns.get((os.getpid(), path))) is not None: return c
-    path = Path(path); key = (os.getpid(), str(path.absolute()))
-    if (c := conns.get(key)) is not None: return c
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _to_wal(c: sqlite3.Connection, timeout: float):
+    "Switch `c`'s file to WAL. Two processes switching a new file at once deadlock, and SQLite answers one of them 'locked' without waiting: retry until `timeout`."
+    deadline, delay = time.monotonic() + timeout, 0.002
+    while True:
+        try: return c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline: raise
+        time.sleep(delay * (1 + random.random())); delay = min(2 * delay, 0.1)
+
+def open_db(path, timeout: float = 60.0, error: Callable = _db_error) -> sqlite3.Connection:
+    "A new SQLite connection to `path`: autocommit, WAL, synchronous=NORMAL, a busy timeout of `timeout` s; SQLite errors pass through `error(path, e)` (a foreign or corrupt file: `StoreError`)."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     try:
         c = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
         c.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-        c.execute("PRAGMA journal_mode=WAL"); c.execute("PRAGMA synchronous=NORMAL")
-    except sqlite3.DatabaseError as e: raise _db_error(path, e) from None
-    conns[key] = conns[(key[0], str(path))] = c
+        _to_wal(c, timeout); c.execute("PRAGMA synchronous=NORMAL")
+    except sqlite3.DatabaseError as e: raise error(path, e) from None
+    return c
+
+def connect(path, timeout: float = 60.0) -> sqlite3.Connection:
+    "The SQLite connection of this process and thread to `path` (`open_db` once, then reused)."
+    conns = _LOCAL.__dict__.setdefault("conns", {})
+    if (c := conns.get((os.getpid(), path))) is not None: return c
+    key = (os.getpid(), str(Path(path).absolute()))
+    if (c := conns.get(key)) is None: c = conns[key] = open_db(path, timeout)
+    conns[(key[0], str(path))] = c
     return c
 
 @contextlib.contextmanager

@@ -247,3 +247,25 @@ def test_figures_stay_in_the_run_notebook_whatever_mplbackend_says(monkeypatch):
         nb = next((h / "results" / "t").glob("*/t.ipynb")).read_text()
         assert "image/png" in nb and "Could not destroy zmq context" not in err
         assert os.environ["MPLBACKEND"] == "Agg"                      # the caller's environment is given back
+
+
+def _open_together(kind, path, barrier):
+    barrier.wait()
+    if kind == "status": StatusTable(path)
+    else:
+        from labnb.kv.store import KVStore
+        KVStore(path)
+
+
+@pytest.mark.parametrize("kind", ["status", "kv"])
+def test_processes_creating_one_store_at_once_all_open_it(tmp_path, kind):
+    "Two processes that create one SQLite file at the same instant deadlock on the switch to WAL; neither may fail (it did 76 times in 400)."
+    import multiprocessing as mp
+    ctx, failed = mp.get_context("fork"), 0
+    for i in range(30):
+        barrier = ctx.Barrier(2)
+        ps = [ctx.Process(target=_open_together, args=(kind, tmp_path / f"{i}.sqlite", barrier)) for _ in range(2)]
+        for p in ps: p.start()
+        for p in ps: p.join(60)
+        failed += sum(p.exitcode != 0 for p in ps)
+    assert failed == 0

@@ -16,7 +16,7 @@ from fastcore.basics import patch
 
 from ..core import logger
 from ..data import DataError
-from ..store import jsonable as _jsonable, owner_alive as store_owner_alive, owner_id
+from ..store import jsonable as _jsonable, open_db, owner_alive as store_owner_alive, owner_id
 
 # %% ../../nbs/30_kv.store.ipynb #bbe6d740
 SCHEMA_VERSION = 3
@@ -97,9 +97,8 @@ class KVStore:
             if _is_corruption(e): raise _corrupt(self.path, e) from None
             raise
     def _connect(self) -> sqlite3.Connection:
-        c = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        c.row_factory = sqlite3.Row
-        for p in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=60000", "foreign_keys=ON"): c.execute(f"PRAGMA {p}")
+        c = open_db(self.path, 60, error=lambda p, e: _corrupt(p, e) if _is_corruption(e) else e)
+        c.row_factory = sqlite3.Row; c.execute("PRAGMA foreign_keys=ON")
         return c
     @property
     def con(self) -> sqlite3.Connection:
