@@ -4,8 +4,8 @@ For `labnb.store.StatusTable` (every workflow's resume primitive): registering u
 claim + complete of one unit (a lease, then the result), listing pending units, and the full resume scan that
 `StatusTable.run` does before it starts (`add` of all units again + one status query). The baseline, measured in the
 same run and interleaved with labnb (A B A B ...), is plain SQLite on one connection doing the same two updates per
-unit without leases. The KV harness's request store (`labnb.kv.store.KVStore`, the same lease rules on its own
-`requests` table) is measured at the same sizes by `bench_kv.bench_store`. Writes benchmarks/results/store.json.
+unit without leases. The KV harness's request store (`labnb.kv.store.KVStore`, whose requests are units of a
+`StatusTable` in its own file) is measured at the same sizes by `bench_kv.bench_store`. Writes benchmarks/results/store.json.
 """
 import os, sqlite3, sys, tempfile, time
 from pathlib import Path

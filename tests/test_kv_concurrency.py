@@ -95,3 +95,25 @@ def test_sigkill_of_one_process_loses_nothing_and_reruns_only_the_request_in_fli
     twice = [k for k, n in ex.items() if n > 1]
     assert len(twice) <= 1 and max(ex.values()) <= 2, twice       # only the victim's request in flight ran again
     assert st.query("SELECT COUNT(*) AS n FROM requests WHERE attempts > 1")[0]["n"] <= 1
+
+
+def test_a_request_that_runs_longer_than_its_lease_keeps_it_and_a_finished_store_is_forgotten(tmp_path, monkeypatch):
+    "The process heartbeat (one per process, `labnb.store`) renews a running request's lease, so that another machine never takes it over; once nothing of this process runs in a store, the heartbeat forgets it."
+    import labnb.kv.store as kvs, labnb.store as store
+    monkeypatch.setattr(kvs, "LEASE_S", 0.4)
+    st = KVStore(tmp_path / "kv.sqlite")
+    st.add_examples([dict(example_id=f"e{i}", task="t", question="q", context="c", answers=["a"]) for i in range(2)])
+    st.ensure_run("r", press="knorm", budget_kind="ratio", budget=0.5, model="m", tokenizer="t", prompt_template_hash="p", dataset_hash="d")
+    st.add_requests("r", [("e0", "P"), ("e1", "P")])
+    (ex, _), = st.claim("r", 1)
+    unit, t0 = kvs.request_unit("r", ex), time.time()
+    time.sleep(1.5)                                                      # almost 4 leases
+    beat = st.status.get(unit).heartbeat
+    assert beat > t0 + 1.0, beat - t0
+    assert store.owner_alive("elsewhere:1:1", beat, time.time(), 0.4)   # the rule for an owner on another machine: fresh
+    assert st.claim("r", 5, owner="elsewhere:1:1") == [("e1", 1)]        # the running request is not taken over
+    assert st.complete("r", ex, dict(text="a"), owner=kvs.process_owner())
+    key = (str((tmp_path / "kv.sqlite").absolute()), kvs.REQUEST_TABLE)
+    deadline = time.time() + 5
+    while key in store._HEARTBEAT["tables"] and time.time() < deadline: time.sleep(0.05)
+    assert key not in store._HEARTBEAT["tables"]

@@ -95,7 +95,38 @@ INSERT INTO responses (run_id, example_id, text, prompt_tokens, completion_token
 def test_an_older_store_is_migrated_in_place(tmp_path):
     with sqlite3.connect(tmp_path / "kv.sqlite") as c: c.executescript(V1)
     st = KVStore(tmp_path / "kv.sqlite")
-    assert st.query("SELECT value FROM meta WHERE key='schema_version'")[0]["value"] == "3"
-    assert {"owner", "lease_until"} <= {r["name"] for r in st.query("PRAGMA table_info(requests)")}
+    assert st.query("SELECT value FROM meta WHERE key='schema_version'")[0]["value"] == "4"
+    assert {"owner", "lease_until"} <= {r["name"] for r in st.query("PRAGMA table_info(requests)")}   # the view keeps the old columns
     assert st.query("SELECT total_tokens FROM telemetry")[0]["total_tokens"] == 13
     assert st.request_counts("r")["completed"] == 1 and st.bin_stats() == []
+
+
+def test_a_version_3_store_moves_its_request_lifecycle_into_a_status_table(tmp_path):
+    "Status, attempts, timings, owners and leases of a version-3 file land in `request_status`, in planning order; the `requests` view reads as before."
+    import socket, time
+    from labnb.kv.store import LEASE_S, request_unit
+    with sqlite3.connect(tmp_path / "kv.sqlite") as c:
+        c.executescript(V1)
+        c.execute("ALTER TABLE requests ADD COLUMN owner TEXT"); c.execute("ALTER TABLE requests ADD COLUMN lease_until REAL")
+        c.execute("ALTER TABLE responses ADD COLUMN total_tokens INTEGER")
+        c.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', '3')")
+        c.executemany("INSERT INTO examples VALUES (?, 't', 0, 10, 'q', 'c', '[\"a\"]', '{}')", [(f"e{i}",) for i in range(4)])
+        now, dead = time.time(), f"{socket.gethostname()}:999999999:1"
+        c.executemany("INSERT INTO requests (run_id, example_id, status, attempts, prompt, round, started, finished, owner, lease_until) "
+                      "VALUES ('r', ?, ?, ?, 'P', ?, ?, ?, ?, ?)",
+                      [("e3", "running", 2, 1, now, None, dead, now + LEASE_S), ("e0", "failed", 1, 0, now - 2, now - 1, None, None),
+                       ("e2", "running", 1, 0, now, None, "other-host:1:1", now + LEASE_S), ("e1", "pending", 0, 2, None, None, None, None)])
+        c.execute("INSERT INTO responses (run_id, example_id, error_type, error) VALUES ('r', 'e0', 'TIMEOUT', 'read timeout')")
+    before = [tuple(r) for r in sqlite3.connect(tmp_path / "kv.sqlite").execute(
+        "SELECT run_id, example_id, status, attempts, prompt, round, owner FROM requests ORDER BY rowid")]
+    st = KVStore(tmp_path / "kv.sqlite")
+    assert [tuple(r.values()) for r in st.query("SELECT run_id, example_id, status, attempts, prompt, round, owner FROM requests ORDER BY seq")] == before
+    rows = st.status.rows(group="r")
+    assert [r.unit for r in rows] == [request_unit("r", e) for e in ("e", "e3", "e0", "e2", "e1")]
+    assert rows[2].error == "read timeout" and abs(rows[4 - 1].heartbeat - now) < 1e-6
+    assert st.request_counts("r") == {"pending": 1, "running": 2, "completed": 1, "failed": 1}
+    assert st.claim("r", 5) == [("e1", 1), ("e3", 3)]                   # pending first, then the dead owner's; the live lease is kept
+    assert st.claim("r", 5, retry_failed=True) == [("e0", 2)]
+    with st.tx() as c: c.execute("UPDATE requests SET status='pending', attempts=0 WHERE example_id='e0'")   # old scripts' updates
+    assert st.status.get(request_unit("r", "e0")).status == "pending" and st.pending("r") == ["e0"]
+    assert "requests" not in {r["name"] for r in st.query("SELECT name FROM sqlite_master WHERE type='table'")}

@@ -99,7 +99,7 @@ def synthetic_store(path, n_per_bin: int = 12, bins: int = 3, budgets: Sequence[
                     presses: Sequence[str] = ("snapkv",), curve: Callable = default_curve, fail: float = 0.1,
                     missing: int = 0, n_keys: int = 4, seed: int = 0, task: str = "synthetic_kv"):
     "A `KVStore` at `path` with synthetic examples, runs and responses (see above). Returns the store."
-    from labnb.kv.store import KVStore, RESPONSE_FIELDS
+    from labnb.kv.store import KVStore, RESPONSE_FIELDS, request_unit
     rng = np.random.default_rng(seed)
     st = KVStore(path)
     exs = []
@@ -132,8 +132,8 @@ def synthetic_store(path, n_per_bin: int = 12, bins: int = 3, budgets: Sequence[
         for rid, ex, r in rows:
             c.execute(f"INSERT OR REPLACE INTO responses (run_id, example_id, {', '.join(RESPONSE_FIELDS)}, created) "
                       f"VALUES ({','.join('?' * (len(RESPONSE_FIELDS) + 3))})", (rid, ex, *[r.get(f, "" if f == "text" else None) for f in RESPONSE_FIELDS], 0.0))
-            c.execute("UPDATE requests SET status=?, attempts=1 WHERE run_id=? AND example_id=?",
-                      ("failed" if r.get("error_type") else "completed", rid, ex))
+            unit = request_unit(rid, ex); st.status.start(unit, held=False)
+            st.status.fail(unit, r.get("error") or r["error_type"]) if r.get("error_type") else st.status.complete(unit)
     return st
 
 # %% ../../nbs/37_kv.analyze.ipynb #72be6915

@@ -6,7 +6,7 @@
 __all__ = ['RunSpec', 'plan_runs', 'check_manifest', 'KVRunner', 'focus_round']
 
 # %% ../../nbs/35_kv.run.ipynb #8f35b521
-import contextlib, threading, time
+import threading, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -14,7 +14,7 @@ from fastcore.basics import patch
 
 from ..core import logger
 from .config import redact_secrets
-from .store import LEASE_S, KVStore, RunMismatch, process_owner
+from .store import KVStore, RunMismatch, process_owner
 from .prepare import PROMPTS, TASKS, templates_of, styles_of, prompt_hash_of, read_manifest, selected_ids, import_examples
 from .engines import GenRequest, GenResult, make_engine
 
@@ -108,19 +108,6 @@ def _one(self, spec: RunSpec, ex_id: str, owner: str|None = None):
     self.store.complete(spec.run_id, ex_id, res.response(), owner=owner)
     return res
 
-@contextlib.contextmanager
-def _heartbeat(store: KVStore, owner: str, lease_s: float = LEASE_S):
-    "Renew `owner`'s leases every `lease_s / 3` seconds in a thread while the block runs."
-    stop = threading.Event()
-    def beat():
-        while not stop.wait(lease_s / 3):
-            try: store.heartbeat(owner, lease_s)
-            except Exception as e: logger.warning("heartbeat failed: %s", e)
-        store.close()                               # this thread's connection
-    th = threading.Thread(target=beat, daemon=True, name="kv-heartbeat"); th.start()
-    try: yield
-    finally: stop.set(); th.join(timeout=5)
-
 @patch
 def execute(self: KVRunner, spec: RunSpec, progress: bool = True, limit: int|None = None) -> dict:
     """Run the unfinished requests of one run (at most `limit`), claiming each before it runs so that other processes
@@ -145,11 +132,10 @@ def execute(self: KVRunner, spec: RunSpec, progress: bool = True, limit: int|Non
                                                        retry_failed=retry, failed_before=t0)
                 bar.update()
         workers = self.cfg.engine.max_concurrency if self.cfg.engine.name != "transformers" else 1
-        with _heartbeat(self.store, self.owner):
-            if workers == 1: worker()
-            else:
-                with ThreadPoolExecutor(workers) as pool:
-                    for f in [pool.submit(worker) for _ in range(workers)]: f.result()
+        if workers == 1: worker()                   # a claim starts the heartbeat of this process's leases (labnb.store)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                for f in [pool.submit(worker) for _ in range(workers)]: f.result()
         bar.close()
     counts = self.store.request_counts(spec.run_id)
     self.store.set_run_status(spec.run_id, "completed" if counts["pending"] + counts["running"] == 0 else "partial")
