@@ -130,3 +130,8 @@ def test_a_version_3_store_moves_its_request_lifecycle_into_a_status_table(tmp_p
     with st.tx() as c: c.execute("UPDATE requests SET status='pending', attempts=0 WHERE example_id='e0'")   # old scripts' updates
     assert st.status.get(request_unit("r", "e0")).status == "pending" and st.pending("r") == ["e0"]
     assert "requests" not in {r["name"] for r in st.query("SELECT name FROM sqlite_master WHERE type='table'")}
+    with st.tx() as c:                                                  # inserts and deletes through the view, too
+        c.execute("INSERT OR IGNORE INTO requests (run_id, example_id, prompt) VALUES ('r', 'e0', 'again'), ('r', 'e', 'new')")
+    assert st.request_counts("r")["pending"] == 1 and st.query("SELECT prompt FROM request_plan WHERE example_id='e0'")[0]["prompt"] == "P"
+    with st.tx() as c: c.execute("DELETE FROM requests WHERE example_id='e0'")
+    assert st.pending("r") == [] and st.status.get(request_unit("r", "e0")) is None

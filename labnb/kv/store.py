@@ -76,7 +76,7 @@ MIGRATIONS = {      # schema version -> statements that bring the previous versi
             FROM requests q LEFT JOIN responses r USING (run_id, example_id) ORDER BY q.rowid""",
         "DROP INDEX IF EXISTS requests_status", "DROP INDEX IF EXISTS requests_owner", "DROP TABLE requests"],
 }
-REQUESTS_VIEW = (   # `requests` as files before version 4 had it (reads, and updates of its columns, keep working)
+REQUESTS_VIEW = (   # `requests` as files before version 4 had it: reads, inserts, updates and deletes keep working
     f"""CREATE VIEW IF NOT EXISTS requests AS SELECT p.run_id, p.example_id, s.status, s.attempts, p.prompt, p.round, s.started,
         s.finished, s.owner, s.heartbeat + {LEASE_S} AS lease_until, s.heartbeat, s.error, p.rowid AS seq
         FROM request_plan p JOIN {REQUEST_TABLE} s ON s.unit = p.run_id || '/' || p.example_id""",
@@ -85,6 +85,16 @@ REQUESTS_VIEW = (   # `requests` as files before version 4 had it (reads, and up
             owner = NEW.owner, updated = CAST(strftime('%s', 'now') AS REAL), heartbeat = CASE WHEN NEW.lease_until IS NOT OLD.lease_until
             THEN NEW.lease_until - {LEASE_S} ELSE NEW.heartbeat END WHERE unit = OLD.run_id || '/' || OLD.example_id;
         UPDATE request_plan SET prompt = NEW.prompt, round = NEW.round WHERE run_id = OLD.run_id AND example_id = OLD.example_id;
+    END""",
+    f"""CREATE TRIGGER IF NOT EXISTS requests_insert INSTEAD OF INSERT ON requests BEGIN
+        INSERT INTO request_plan (run_id, example_id, prompt, round) VALUES (NEW.run_id, NEW.example_id, NEW.prompt, COALESCE(NEW.round, 0));
+        INSERT INTO {REQUEST_TABLE} (unit, grp, status, attempts, started, finished, owner, heartbeat, updated)
+            VALUES (NEW.run_id || '/' || NEW.example_id, NEW.run_id, COALESCE(NEW.status, 'pending'), COALESCE(NEW.attempts, 0),
+                    NEW.started, NEW.finished, NEW.owner, NEW.heartbeat, CAST(strftime('%s', 'now') AS REAL));
+    END""",
+    f"""CREATE TRIGGER IF NOT EXISTS requests_delete INSTEAD OF DELETE ON requests BEGIN
+        DELETE FROM {REQUEST_TABLE} WHERE unit = OLD.run_id || '/' || OLD.example_id;
+        DELETE FROM request_plan WHERE run_id = OLD.run_id AND example_id = OLD.example_id;
     END""")
 
 # %% ../../nbs/30_kv.store.ipynb #afb5375c
