@@ -51,8 +51,8 @@ def bench_store(n: int, ops: int = 2000, reps: int = 5, batch: int = 16) -> dict
         t0 = time.perf_counter(); n_pending = len(st.pending("r")); pending_s = time.perf_counter() - t0
         t0 = time.perf_counter(); st.resume_scan("r"); scan_s = time.perf_counter() - t0
         with st.tx() as c:                                              # late in the run: all but `per` requests finished
-            c.execute("UPDATE request_status SET status='completed', owner=NULL WHERE rowid IN "
-                      "(SELECT rowid FROM request_status WHERE status='pending' ORDER BY rowid LIMIT ?)", (max(0, n_pending - per),))
+            c.execute("UPDATE request_units SET status='completed', owner=NULL WHERE rowid IN "
+                      "(SELECT rowid FROM request_units WHERE status='pending' ORDER BY rowid LIMIT ?)", (max(0, n_pending - per),))
         t0, k = time.perf_counter(), 0
         while k < per and (got := st.claim("r", 1, me)):
             st.complete("r", got[0][0], resp, owner=me); k += 1

@@ -102,7 +102,7 @@ def test_an_older_store_is_migrated_in_place(tmp_path):
 
 
 def test_a_version_3_store_moves_its_request_lifecycle_into_a_status_table(tmp_path):
-    "Status, attempts, timings, owners and leases of a version-3 file land in `request_status`, in planning order; the `requests` view reads as before."
+    "Status, attempts, timings, owners and leases of a version-3 file land in `request_units`, in planning order; the `requests` view reads as before."
     import socket, time
     from labnb.kv.store import LEASE_S, request_unit
     with sqlite3.connect(tmp_path / "kv.sqlite") as c:

@@ -22,7 +22,7 @@ from ..store import StatusTable, ensure_status_table, jsonable as _jsonable, ope
 # %% ../../nbs/30_kv.store.ipynb #bbe6d740
 SCHEMA_VERSION = 4
 LEASE_S = 30.0       # a running request's lease: its owner's heartbeat renews it every LEASE_S / 4 while it runs
-REQUEST_TABLE = "request_status"   # the requests' lifecycle: a `labnb.store.StatusTable`, unit `run_id/example_id`, group `run_id`
+REQUEST_TABLE = "request_units"   # the requests' lifecycle: a `labnb.store.StatusTable`, unit `run_id/example_id`, group `run_id`
 ERROR_TYPES = ("TIMEOUT", "HTTP_429", "HTTP_5XX", "HTTP_4XX", "CONNECTION", "BAD_RESPONSE", "ENGINE_ERROR")
 REQUEST_STATUSES = ("pending", "running", "completed", "failed")
 
@@ -295,7 +295,7 @@ def set_run_status(self: KVStore, run_id: str, status: str):
 
 # %% ../../nbs/30_kv.store.ipynb #32efeed8
 def request_unit(run_id: str, example_id: str) -> str:
-    "The unit of request (`run_id`, `example_id`) in the store's `request_status` table (its group is `run_id`)."
+    "The unit of request (`run_id`, `example_id`) in the store's `request_units` table (its group is `run_id`)."
     return f"{run_id}/{example_id}"
 
 def _example_ids(run_id: str, units: Iterable) -> list[str]: return [u[len(run_id) + 1:] for u in units]
