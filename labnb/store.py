@@ -351,19 +351,22 @@ def _beat(hb: dict):
     while True:
         hb["wake"].wait(min(hb["tables"].values(), default=LEASE_SECONDS) / 4); hb["wake"].clear()
         for key in list(hb["tables"]):
-            path, table = key
-            with hb["lock"], contextlib.suppress(Exception):              # a table where nothing of ours runs is dropped
-                if not os.path.exists(path) or not connect(path).execute(  # (its next claim adds it again)
-                        f"UPDATE {table} SET heartbeat=? WHERE owner=? AND status='running'", (time.time(), owner_id())).rowcount:
-                    hb["tables"].pop(key, None)
+            (path, table), mark = key, hb["marks"].get(key)
+            try: ours = os.path.exists(path) and connect(path).execute(
+                     f"UPDATE {table} SET heartbeat=? WHERE owner=? AND status='running'", (time.time(), owner_id())).rowcount
+            except Exception: continue                                      # busy or damaged: the next beat tries again
+            with hb["lock"]:                    # nothing of ours runs there (or the file is gone): forget it, unless a
+                if not ours and hb["marks"].get(key) == mark:               # claim came in meanwhile (its next claim adds it again)
+                    hb["tables"].pop(key, None); hb["marks"].pop(key, None)
 
 def _keep_alive(st: StatusTable):
     "Have this process's heartbeat renew its leases in `st` (a forked child gets a heartbeat thread and table list of its own)."
-    hb = _HEARTBEAT
-    if hb.get("pid") != os.getpid(): hb.update(pid=os.getpid(), lock=threading.Lock(), wake=threading.Event(), tables={}, thread=None)
+    hb, key = _HEARTBEAT, (st._where, st.table)
+    if hb.get("pid") != os.getpid():
+        hb.update(pid=os.getpid(), lock=threading.Lock(), wake=threading.Event(), tables={}, marks={}, n=0, thread=None)
     with hb["lock"]:
-        if (st._where, st.table) not in hb["tables"]: hb["wake"].set()     # a shorter lease may need an earlier beat
-        hb["tables"][(st._where, st.table)] = st.lease_s
+        if key not in hb["tables"]: hb["wake"].set()                        # a shorter lease may need an earlier beat
+        hb["tables"][key], hb["marks"][key], hb["n"] = st.lease_s, hb["n"] + 1, hb["n"] + 1
     if hb["thread"] is None or not hb["thread"].is_alive():
         hb["thread"] = threading.Thread(target=_beat, args=(hb,), daemon=True, name="labnb-lease"); hb["thread"].start()
 
