@@ -374,8 +374,7 @@ def _keep_alive(st: StatusTable):
 def claim(self: StatusTable, unit: str, retry_failed: bool = True, group: str|None = None) -> bool:
     "Take `unit` for this process: False when it is done, failed (unless `retry_failed`) or running under a live owner."
     now, me = time.time(), owner_id()
-    fast = self._exec(f"""UPDATE {self.table} SET status='running', attempts=attempts+1, started=?, error=NULL, updated=?, owner=?,
-        heartbeat=? WHERE unit=? AND status='pending'""", (now, now, me, now, unit), rowcount=True)
+    fast = self._exec(f"UPDATE {self.table} SET {_RUN} WHERE unit=? AND status='pending'", (now, now, me, now, unit), rowcount=True)
     if fast: _keep_alive(self); return True                          # the common case: one statement
     with self._tx() as c:
         row = c.execute(f"SELECT status, owner, heartbeat FROM {self.table} WHERE unit=?", (unit,)).fetchone()
@@ -384,9 +383,7 @@ def claim(self: StatusTable, unit: str, retry_failed: bool = True, group: str|No
             if status in ("completed", "skipped") or (status == "failed" and not retry_failed): return False
             if status == "running" and owner != me and owner_alive(owner, beat, now, self.lease_s): return False
         c.execute(f"""INSERT INTO {self.table}(unit, grp, status, attempts, started, updated, owner, heartbeat)
-            VALUES (?, ?, 'running', 1, ?, ?, ?, ?) ON CONFLICT(unit) DO UPDATE SET status='running',
-            attempts=attempts+1, started=?, error=NULL, updated=?, owner=?, heartbeat=?""",
-                  (unit, group, now, now, me, now, now, now, me, now))
+            VALUES (?, ?, 'running', 1, ?, ?, ?, ?) ON CONFLICT(unit) DO UPDATE SET {_RUN}""", (unit, group, now, now, me, now, now, now, me, now))
     _keep_alive(self)
     return True
 

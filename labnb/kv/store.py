@@ -298,7 +298,7 @@ def request_unit(run_id: str, example_id: str) -> str:
     "The unit of request (`run_id`, `example_id`) in the store's `request_units` table (its group is `run_id`)."
     return f"{run_id}/{example_id}"
 
-def _example_ids(run_id: str, units: Iterable) -> list[str]: return [u[len(run_id) + 1:] for u in units]
+def _example_id(run_id: str, unit: str) -> str: return unit[len(run_id) + 1:]
 
 @patch
 def add_requests(self: KVStore, run_id: str, items: Iterable[tuple[str, str]], round: int = 0) -> int:
@@ -315,7 +315,7 @@ def add_requests(self: KVStore, run_id: str, items: Iterable[tuple[str, str]], r
 @patch
 def pending(self: KVStore, run_id: str, limit: int|None = None) -> list[str]:
     "Example ids of the run's requests not started yet, in planning order."
-    return _example_ids(run_id, self.status.units("pending", run_id, limit))
+    return [_example_id(run_id, u) for u in self.status.units("pending", run_id, limit)]
 
 @patch
 def request_counts(self: KVStore, run_id: str) -> dict:
@@ -346,8 +346,7 @@ def claim(self: KVStore, run_id: str, n: int = 1, owner: str|None = None, retry_
     """Take up to `n` requests of a run for `owner` (default: this process) in one transaction (`StatusTable.claim_next`):
     pending ones in planning order, then ones left `running` by a dead owner, then (with `retry_failed`) failed ones
     finished before `failed_before`. Returns `[(example_id, attempt)]`; two processes never get the same request."""
-    got = self.status.claim_next(n, run_id, retry_failed, failed_before, owner)
-    return list(zip(_example_ids(run_id, [u for u, _ in got]), [a for _, a in got]))
+    return [(_example_id(run_id, u), a) for u, a in self.status.claim_next(n, run_id, retry_failed, failed_before, owner)]
 
 @patch
 def complete_and_claim(self: KVStore, run_id: str, example_id: str, response: dict, owner: str|None = None, n: int = 1,
@@ -364,7 +363,7 @@ def heartbeat(self: KVStore, owner: str|None = None) -> int:
 @patch
 def resume_scan(self: KVStore, run_id: str, retry_failed: bool = False, owner: str|None = None) -> list[str]:
     "Example ids a rerun has to do, in planning order: pending, running with a dead owner, failed (with `retry_failed`)."
-    return _example_ids(run_id, self.status.todo(run_id, retry_failed, owner))
+    return [_example_id(run_id, u) for u in self.status.todo(run_id, retry_failed, owner)]
 
 @patch
 def todo(self: KVStore, run_id: str, retry_failed: bool = False) -> list[str]:
