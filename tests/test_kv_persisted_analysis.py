@@ -135,3 +135,18 @@ def test_a_version_3_store_moves_its_request_lifecycle_into_a_status_table(tmp_p
     assert st.request_counts("r")["pending"] == 1 and st.query("SELECT prompt FROM request_plan WHERE example_id='e0'")[0]["prompt"] == "P"
     with st.tx() as c: c.execute("DELETE FROM requests WHERE example_id='e0'")
     assert st.pending("r") == [] and st.status.get(request_unit("r", "e0")) is None
+
+
+def test_an_older_store_with_orphaned_requests_is_refused_in_one_line_and_left_as_it_was(tmp_path):
+    "A version-1 file written without foreign keys, holding a request of a run it does not have, cannot be converted: one line naming the file, the table and the first such row; nothing changed."
+    from labnb.kv.store import StoreCorrupt
+    db = tmp_path / "kv.sqlite"
+    with sqlite3.connect(db) as c:
+        c.executescript(V1); c.execute("INSERT INTO requests (run_id, example_id, status, attempts) VALUES ('gone', 'e', 'pending', 0)")
+    with pytest.raises(StoreCorrupt) as e: KVStore(db)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"{db}, field 'requests':") and "run 'gone'" in msg and "1 request(s)" in msg, msg
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT type FROM sqlite_master WHERE name='requests'").fetchone()[0] == "table"
+        assert c.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 2
+        assert c.execute("SELECT name FROM sqlite_master WHERE name IN ('request_plan', 'request_units')").fetchall() == []

@@ -112,6 +112,15 @@ def _corrupt(path, e) -> StoreCorrupt:
     return StoreCorrupt(f"not a readable SQLite database ({e}); move it aside (mv {path} {path}.broken) and run "
                         "`labnb kv prepare` again to start a new store", path)
 
+def _orphaned(c, path) -> StoreCorrupt:
+    "An older file whose requests name a run or example it does not hold (written without foreign keys): it cannot be converted."
+    r = c.execute("""SELECT run_id, example_id, COUNT(*) OVER () FROM requests WHERE run_id NOT IN (SELECT run_id FROM runs)
+                     OR example_id NOT IN (SELECT example_id FROM examples) LIMIT 1""").fetchone()
+    what = f"{r[2]} request(s) name a run or example the store does not hold (first: run {r[0]!r}, example {r[1]!r})" if r else \
+           "a row breaks a foreign key"
+    return StoreCorrupt(f"cannot be converted to schema version {SCHEMA_VERSION}: {what}; delete those rows of `requests` "
+                        "(or run `labnb kv prepare` again to start a new store); nothing was changed", path, field="requests")
+
 def _dumps(x) -> str: return json.dumps(x, default=_jsonable, ensure_ascii=False)
 
 class KVStore:
@@ -121,6 +130,7 @@ class KVStore:
         if self.path.exists() and not self.path.is_file(): raise StoreCorrupt("is not a file", self.path)
         self._local = threading.local()
         try: _init_schema(self.con)
+        except sqlite3.IntegrityError: raise _orphaned(self.con, self.path) from None
         except sqlite3.DatabaseError as e:
             if _is_corruption(e): raise _corrupt(self.path, e) from None
             raise
